@@ -1,0 +1,291 @@
+"""Load the configuration snapshot: file (YAML) → ``${env:…}`` expansion → DGP_* env → CLI flags.
+
+Everything is validated once, here; a bad value stops start-up with the field path and the
+reason (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from deltaglider_proxy.config.model import Config
+
+SEARCH_PATH = (
+    "./deltaglider_proxy.yaml",
+    "./deltaglider_proxy.yml",
+    "/etc/deltaglider_proxy/config.yaml",
+    "/etc/deltaglider_proxy/config.yml",
+)
+
+# Flat (legacy) root keys and the section each belongs to (storage.md §12.2).
+_FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "listen_addr": ("advanced", "listen_addr"),
+    "max_delta_ratio": ("advanced", "max_delta_ratio"),
+    "max_object_size": ("advanced", "max_object_size"),
+    "cache_size_mb": ("advanced", "cache_size_mb"),
+    "metadata_cache_mb": ("advanced", "metadata_cache_mb"),
+    "codec_concurrency": ("advanced", "codec_concurrency"),
+    "blocking_threads": ("advanced", "blocking_threads"),
+    "log_level": ("advanced", "log_level"),
+    "config_sync_bucket": ("advanced", "config_sync_bucket"),
+    "tls": ("advanced", "tls"),
+    "bootstrap_password_hash": ("advanced", "bootstrap_password_hash"),
+    "admin_password_hash": ("advanced", "bootstrap_password_hash"),
+    "backend": ("storage", "backend"),
+    "backend_encryption": ("storage", "backend_encryption"),
+    "backends": ("storage", "backends"),
+    "default_backend": ("storage", "default_backend"),
+    "buckets": ("storage", "buckets"),
+    "replication": ("storage", "replication"),
+    "authentication": ("access", "authentication"),
+    "access_key_id": ("access", "access_key_id"),
+    "secret_access_key": ("access", "secret_access_key"),
+    "iam_mode": ("access", "iam_mode"),
+    "iam_users": ("access", "iam_users"),
+    "iam_groups": ("access", "iam_groups"),
+    "auth_providers": ("access", "auth_providers"),
+    "group_mapping_rules": ("access", "group_mapping_rules"),
+    "admission_blocks": ("admission", "blocks"),
+}
+_SECTIONS = ("storage", "advanced", "access", "admission", "defaults")
+_ENV_REF = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem a person can act on: names the source, the field and the reason."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Env-only knobs (storage.md §12.3: "not YAML keys")."""
+
+    debug_headers: bool = False
+    clock_skew_seconds: int = 300
+    request_timeout_secs: int = 300
+    max_concurrent_requests: int = 1024
+    max_multipart_uploads: int = 1000
+    multipart_idle_ttl_hours: float = 24.0
+    trust_proxy_headers: bool = False
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: Config
+    runtime: RuntimeSettings
+    source: Path | None
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_config_path(cli_path: str | None, env: Mapping[str, str]) -> Path | None:
+    if cli_path:
+        return Path(cli_path)
+    if env.get("DGP_CONFIG"):
+        return Path(env["DGP_CONFIG"])
+    for candidate in SEARCH_PATH:
+        path = Path(candidate)
+        if path.is_file():
+            return path
+    return None
+
+
+def expand_env_refs(text: str, env: Mapping[str, str], source: str) -> str:
+    """Expand ``${env:NAME}`` / ``${env:NAME:-default}``; ``$$`` is a literal ``$``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: ${{env:{name}}} is referenced but the environment variable is not set")
+
+    return _ENV_REF.sub(substitute, text)
+
+
+def _read_document(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: only YAML config files (.yaml/.yml) are supported")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if "DGP_CONFIG" in env:
+            return {}  # DGP_CONFIG may name a file that does not exist yet (§12.1)
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(expand_env_refs(text, env, str(path)))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return _normalise_shape(doc, path)
+
+
+def _normalise_shape(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    flat = [k for k in doc if k in _FLAT_KEYS]
+    sections = [k for k in doc if k in _SECTIONS and k != "defaults"]
+    if flat and sections:
+        raise ConfigError(
+            f"{path}: mixes flat keys ({', '.join(flat)}) with sections ({', '.join(sections)}); "
+            "use one shape"
+        )
+    if not flat:
+        return doc
+    out: dict[str, Any] = {"defaults": doc["defaults"]} if "defaults" in doc else {}
+    for key, value in doc.items():
+        if key in _FLAT_KEYS:
+            section, field = _FLAT_KEYS[key]
+            out.setdefault(section, {})[field] = value
+    return out
+
+
+def _set(doc: dict[str, Any], section: str, field: str, value: Any) -> None:
+    doc.setdefault(section, {})
+    if not isinstance(doc[section], dict):
+        raise ConfigError(f"{section}: must be a mapping")
+    doc[section][field] = value
+
+
+def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+    """DGP_* variables override the file (storage.md §12.4)."""
+    advanced_numbers = {
+        "DGP_MAX_DELTA_RATIO": ("max_delta_ratio", float),
+        "DGP_MAX_OBJECT_SIZE": ("max_object_size", int),
+        "DGP_CACHE_MB": ("cache_size_mb", int),
+        "DGP_METADATA_CACHE_MB": ("metadata_cache_mb", int),
+        "DGP_CODEC_CONCURRENCY": ("codec_concurrency", int),
+        "DGP_BLOCKING_THREADS": ("blocking_threads", int),
+        "DGP_SPOOL_MAX_BYTES": ("spool_max_bytes", int),
+    }
+    for var, (field, kind) in advanced_numbers.items():
+        if env.get(var):
+            try:
+                _set(doc, "advanced", field, kind(env[var]))
+            except ValueError:
+                raise ConfigError(f"{var}: {env[var]!r} is not a valid {kind.__name__}") from None
+    for var, field in (
+        ("DGP_LISTEN_ADDR", "listen_addr"),
+        ("DGP_LOG_LEVEL", "log_level"),
+        ("DGP_SPOOL_DIR", "spool_dir"),
+        ("DGP_CONFIG_SYNC_BUCKET", "config_sync_bucket"),
+    ):
+        if env.get(var):
+            _set(doc, "advanced", field, env[var])
+    if env.get("DGP_TLS_ENABLED"):
+        tls = dict(doc.get("advanced", {}).get("tls") or {})
+        tls["enabled"] = _truthy(env["DGP_TLS_ENABLED"])
+        if env.get("DGP_TLS_CERT"):
+            tls["cert_path"] = env["DGP_TLS_CERT"]
+        if env.get("DGP_TLS_KEY"):
+            tls["key_path"] = env["DGP_TLS_KEY"]
+        _set(doc, "advanced", "tls", tls)
+    for var, field in (
+        ("DGP_AUTHENTICATION", "authentication"),
+        ("DGP_ACCESS_KEY_ID", "access_key_id"),
+        ("DGP_SECRET_ACCESS_KEY", "secret_access_key"),
+    ):
+        if env.get(var):
+            _set(doc, "access", field, env[var])
+    # The singleton backend: S3 env vars win over DGP_DATA_DIR; either replaces the whole block.
+    if env.get("DGP_S3_ENDPOINT") or env.get("DGP_S3_REGION"):
+        storage = {
+            k: v for k, v in (doc.get("storage") or {}).items() if k not in ("backend", "s3", "filesystem")
+        }
+        storage["backend"] = {
+            "type": "s3",
+            "endpoint": env.get("DGP_S3_ENDPOINT") or None,
+            "region": env.get("DGP_S3_REGION") or "us-east-1",
+            "force_path_style": _truthy(env.get("DGP_S3_PATH_STYLE", "true")),
+            "access_key_id": env.get("DGP_BE_AWS_ACCESS_KEY_ID"),
+            "secret_access_key": env.get("DGP_BE_AWS_SECRET_ACCESS_KEY"),
+        }
+        doc["storage"] = storage
+    elif env.get("DGP_DATA_DIR"):
+        storage = {
+            k: v for k, v in (doc.get("storage") or {}).items() if k not in ("backend", "s3", "filesystem")
+        }
+        storage["backend"] = {"type": "filesystem", "path": env["DGP_DATA_DIR"]}
+        doc["storage"] = storage
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum} (got {value})")
+    return value
+
+
+def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
+    fmt = env.get("DGP_LOG_FORMAT", "text").strip().lower() or "text"
+    if fmt not in ("text", "json", "logfmt"):
+        raise ConfigError(f"DGP_LOG_FORMAT: {fmt!r} is not one of text, json, logfmt")
+    ttl_text = env.get("DGP_MULTIPART_IDLE_TTL_HOURS", "24")
+    try:
+        ttl = float(ttl_text)
+    except ValueError:
+        raise ConfigError(f"DGP_MULTIPART_IDLE_TTL_HOURS: {ttl_text!r} is not a number") from None
+    return RuntimeSettings(
+        debug_headers=_truthy(env.get("DGP_DEBUG_HEADERS", "false")),
+        clock_skew_seconds=_int_env(env, "DGP_CLOCK_SKEW_SECONDS", 300, 1),
+        request_timeout_secs=_int_env(env, "DGP_REQUEST_TIMEOUT_SECS", 300, 1),
+        max_concurrent_requests=_int_env(env, "DGP_MAX_CONCURRENT_REQUESTS", 1024, 1),
+        max_multipart_uploads=_int_env(env, "DGP_MAX_MULTIPART_UPLOADS", 1000, 1),
+        multipart_idle_ttl_hours=ttl,
+        trust_proxy_headers=_truthy(env.get("DGP_TRUST_PROXY_HEADERS", "false")),
+        log_format=fmt,
+    )
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+        # Discriminated unions add the tag to the path; it is noise for the reader.
+        location = location.replace(".filesystem.", ".").replace(".s3.", ".")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling)"
+        lines.append(f"  {location or '(top level)'}: {message}")
+    return f"{source}: invalid configuration\n" + "\n".join(lines)
+
+
+def load_snapshot(
+    cli_config: str | None = None,
+    cli_listen: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Snapshot:
+    env = dict(os.environ if env is None else env)
+    path = resolve_config_path(cli_config, env)
+    doc = _read_document(path, env) if path is not None else {}
+    _apply_env(doc, env)
+    if cli_listen:
+        _set(doc, "advanced", "listen_addr", cli_listen)
+    source = str(path) if path is not None else "configuration (defaults + environment)"
+    try:
+        config = Config.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    return Snapshot(config=config, runtime=runtime_settings(env), source=path)
