@@ -1,0 +1,342 @@
+"""Logical objects over physical backend objects: the engine's public API.
+
+The edge (``s3api``) calls only this module (and ``multipart``): it speaks in user keys and
+spooled files; underneath, a user key is stored as a passthrough object, or — once the delta
+codec is wired in — as a delta against its deltaspace's ``reference.bin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from deltaglider_proxy.engine.keys import ObjectKey, check_list_prefix, parse_key
+from deltaglider_proxy.engine.locks import DeltaspaceLocks
+from deltaglider_proxy.engine.spool import Spool, SpooledFile
+from deltaglider_proxy.storage.base import (
+    Backend,
+    BucketInfo,
+    BucketNotFound,
+    CommonPrefix,
+    ObjectNotFound,
+    StoredObject,
+    logical_sort_key,
+)
+from deltaglider_proxy.storage.metadata import (
+    DELTA_SUFFIX,
+    REFERENCE_NAME,
+    TOOL,
+    FileMetadata,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+StorageType = Literal["passthrough", "delta", "reference", "unmanaged", "directory"]
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+class EntityTooLarge(Exception):
+    pass
+
+
+class ObjectMissing(Exception):
+    """The user key does not exist."""
+
+
+class IntegrityError(Exception):
+    """Stored bytes failed verification; never served."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Everything the edge needs to answer HEAD/GET/LIST for one user key."""
+
+    key: str
+    size: int
+    etag: str  # quoted
+    last_modified: datetime
+    storage_type: StorageType
+    stored_size: int
+    content_type: str | None = None
+    user_metadata: Mapping[str, str] = field(default_factory=dict)
+    stored_headers: Mapping[str, str] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    record: FileMetadata | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class NewObject:
+    """What a client asked to store besides the bytes."""
+
+    content_type: str | None = None
+    user_metadata: Mapping[str, str] = field(default_factory=dict)
+    stored_headers: Mapping[str, str] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    multipart_etag: str | None = None
+
+
+def _info_from_stored(key: str, stored: StoredObject) -> ObjectInfo:
+    record = stored.record
+    if record is None:
+        etag = stored.etag.strip('"') if stored.etag else ""
+        return ObjectInfo(
+            key=key,
+            size=stored.size,
+            etag=f'"{etag}"',
+            last_modified=stored.modified,
+            storage_type="unmanaged",
+            stored_size=stored.size,
+            content_type=stored.content_type,
+        )
+    from deltaglider_proxy.storage.metadata import client_metadata, stored_headers
+
+    etag = record.etag
+    if etag == '""' and stored.etag:
+        etag = '"' + stored.etag.strip('"') + '"'
+    return ObjectInfo(
+        key=key,
+        size=record.file_size,
+        etag=etag,
+        last_modified=record.created_at,
+        storage_type=record.note,
+        stored_size=stored.size,
+        content_type=record.content_type,
+        user_metadata=client_metadata(record),
+        stored_headers=stored_headers(record),
+        checksums=dict(record.checksums),
+        record=record,
+    )
+
+
+def _newest(delta: StoredObject | None, plain: StoredObject | None) -> StoredObject | None:
+    """Both variants present (crash window, external writes): newer created_at wins, tie → delta."""
+    if delta is None or plain is None:
+        return delta or plain
+
+    def created(obj: StoredObject) -> datetime:
+        return obj.record.created_at if obj.record is not None else obj.modified
+
+    return delta if created(delta) >= created(plain) else plain
+
+
+class ObjectEngine:
+    def __init__(
+        self,
+        backend: Backend,
+        spool: Spool,
+        *,
+        max_object_size: int,
+    ) -> None:
+        self.backend = backend
+        self.spool = spool
+        self.max_object_size = max_object_size
+        self.locks = DeltaspaceLocks()
+
+    # ------------------------------------------------------------------ buckets
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        return sorted(await self.backend.list_buckets(), key=lambda b: b.name)
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        return await self.backend.bucket_exists(bucket)
+
+    async def require_bucket(self, bucket: str) -> None:
+        if not await self.backend.bucket_exists(bucket):
+            raise BucketNotFound(bucket)
+
+    async def create_bucket(self, bucket: str) -> bool:
+        return await self.backend.create_bucket(bucket)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self.backend.delete_bucket(bucket)
+
+    # ------------------------------------------------------------------ read side
+
+    async def _resolve(self, bucket: str, key: ObjectKey) -> StoredObject | None:
+        delta, plain = await asyncio.gather(
+            self.backend.head(bucket, key.delta_name), self.backend.head(bucket, key.passthrough_name)
+        )
+        return _newest(delta, plain)
+
+    async def head(self, bucket: str, raw_key: str) -> ObjectInfo:
+        key = parse_key(raw_key)
+        stored = await self._resolve(bucket, key)
+        if stored is None:
+            if not await self.backend.bucket_exists(bucket):
+                raise BucketNotFound(bucket)
+            raise ObjectMissing(key.key)
+        return _info_from_stored(key.key, stored)
+
+    async def open(
+        self, bucket: str, raw_key: str, start: int = 0, end: int | None = None
+    ) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
+        """The object's info and a stream of bytes [start, end) of its logical content."""
+        info = await self.head(bucket, raw_key)
+        if info.storage_type in ("delta", "reference"):
+            # The delta codec is not part of this build yet; never hand out stored delta bytes.
+            raise IntegrityError(f"{bucket}/{raw_key}: delta objects need the delta engine")
+        return info, self._stream(bucket, info.key, start, end)
+
+    async def _stream(self, bucket: str, name: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.backend.read(bucket, name, start, end):
+                yield chunk
+        except ObjectNotFound:
+            # Replaced or deleted between HEAD and read; the response is already under way.
+            log.warning("object %s/%s vanished while being read", bucket, name)
+            raise
+
+    # ------------------------------------------------------------------ write side
+
+    def _record(self, key: ObjectKey, body: SpooledFile, new: NewObject) -> FileMetadata:
+        return FileMetadata(
+            tool=TOOL,
+            original_name=key.filename,
+            file_sha256=body.sha256_hex,
+            file_size=body.size,
+            md5=body.md5_hex,
+            created_at=utcnow(),
+            note="passthrough",
+            multipart_etag=new.multipart_etag,
+            content_type=new.content_type,
+            user_metadata={
+                **new.user_metadata,
+                **{"dg-h-" + k: v for k, v in new.stored_headers.items()},
+            },
+            checksums=dict(new.checksums),
+        )
+
+    async def put(self, bucket: str, raw_key: str, body: SpooledFile, new: NewObject) -> ObjectInfo:
+        """Store ``body`` (consumed) as ``raw_key``. Atomic: readers see old or new, never partial."""
+        try:
+            key = parse_key(raw_key)
+            if body.size > self.max_object_size:
+                raise EntityTooLarge(f"{body.size} > max_object_size {self.max_object_size}")
+            record = self._record(key, body, new)
+            async with self.locks.hold(bucket, key.prefix):
+                stored = await self.backend.write(bucket, key.passthrough_name, body.path, record, move=True)
+                # The new variant is visible; only now drop the other kind (§2.6).
+                try:
+                    await self.backend.delete(bucket, key.delta_name)
+                except Exception:
+                    log.exception("could not delete superseded delta of %s/%s", bucket, key.key)
+            return _info_from_stored(key.key, stored)
+        finally:
+            body.discard()
+
+    async def delete(self, bucket: str, raw_key: str) -> bool:
+        key = parse_key(raw_key)
+        async with self.locks.hold(bucket, key.prefix):
+            removed_delta = await self.backend.delete(bucket, key.delta_name)
+            removed_plain = await self.backend.delete(bucket, key.passthrough_name)
+            if removed_delta:
+                await self._drop_orphan_reference(bucket, key)
+        return removed_delta or removed_plain
+
+    async def _drop_orphan_reference(self, bucket: str, key: ObjectKey) -> None:
+        """An empty deltaspace loses its baseline (§5.2)."""
+        scan_prefix = f"{key.prefix}/" if key.prefix else ""
+        async for entry in self.backend.list(bucket, scan_prefix, delimiter="/"):
+            name = entry.name
+            if isinstance(entry, CommonPrefix) or name.rsplit("/", 1)[-1] != REFERENCE_NAME:
+                return
+        await self.backend.delete(bucket, key.reference_name)
+
+    # ------------------------------------------------------------------ listing
+
+    async def _logical_entries(
+        self, bucket: str, prefix: str, delimiter: str | None, cursor: str
+    ) -> AsyncIterator[ObjectInfo | str]:
+        """User-visible entries in key order: ObjectInfo for objects, str for common prefixes."""
+        native = delimiter == "/"
+        pending: StoredObject | None = None
+        pending_key = ""
+        last_prefix: str | None = None
+        async for entry in self.backend.list(bucket, prefix, cursor, "/" if native else None):
+            if isinstance(entry, CommonPrefix):
+                if pending is not None:
+                    yield await self._materialise(bucket, pending_key, pending)
+                    pending = None
+                yield entry.name
+                continue
+            name = entry.name
+            if name.rsplit("/", 1)[-1] == REFERENCE_NAME:
+                continue
+            logical = name[: -len(DELTA_SUFFIX)] if name.endswith(DELTA_SUFFIX) else name
+            if not logical.startswith(prefix) or logical_sort_key(logical) <= logical_sort_key(cursor):
+                continue
+            if delimiter and not native:
+                rest = logical[len(prefix) :]
+                at = rest.find(delimiter)
+                if at >= 0:
+                    rolled = prefix + rest[: at + len(delimiter)]
+                    if rolled != last_prefix and logical_sort_key(rolled) > logical_sort_key(cursor):
+                        if pending is not None:
+                            yield await self._materialise(bucket, pending_key, pending)
+                            pending = None
+                        last_prefix = rolled
+                        yield rolled
+                    continue
+            if pending is not None and pending_key == logical:
+                pending = await self._pick(bucket, pending, entry)
+                continue
+            if pending is not None:
+                yield await self._materialise(bucket, pending_key, pending)
+            pending, pending_key = entry, logical
+        if pending is not None:
+            yield await self._materialise(bucket, pending_key, pending)
+
+    async def _loaded(self, bucket: str, entry: StoredObject) -> StoredObject:
+        if entry.record_loaded:
+            return entry
+        loaded = await self.backend.head(bucket, entry.name)
+        return loaded or entry
+
+    async def _pick(self, bucket: str, a: StoredObject, b: StoredObject) -> StoredObject:
+        a, b = await asyncio.gather(self._loaded(bucket, a), self._loaded(bucket, b))
+        delta, plain = (a, b) if a.name.endswith(DELTA_SUFFIX) else (b, a)
+        return _newest(delta, plain) or a
+
+    async def _materialise(self, bucket: str, key: str, entry: StoredObject) -> ObjectInfo:
+        return _info_from_stored(key, await self._loaded(bucket, entry))
+
+    async def list(
+        self, bucket: str, prefix: str, delimiter: str | None, cursor: str, max_keys: int
+    ) -> ListPage:
+        check_list_prefix(prefix)
+        if not await self.backend.bucket_exists(bucket):
+            raise BucketNotFound(bucket)
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last: str | None = None
+        truncated = False
+        if max_keys > 0:
+            async for item in self._logical_entries(bucket, prefix, delimiter or None, cursor):
+                if len(objects) + len(prefixes) >= max_keys:
+                    truncated = True
+                    break
+                if isinstance(item, str):
+                    prefixes.append(item)
+                    last = item
+                else:
+                    objects.append(item)
+                    last = item.key
+        return ListPage(objects, prefixes, truncated, last if truncated else None)
+
+    async def is_empty(self, bucket: str) -> bool:
+        page = await self.list(bucket, "", None, "", 1)
+        return not page.objects and not page.common_prefixes
