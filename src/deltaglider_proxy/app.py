@@ -1,0 +1,162 @@
+"""The ASGI application: S3 on ``/``, the control plane on ``/_/``, built from one config snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from deltaglider_proxy.admin.routes import handle_admin
+from deltaglider_proxy.auth.credentials import resolve_credentials
+from deltaglider_proxy.config.load import Snapshot, load_snapshot
+from deltaglider_proxy.config.model import FilesystemBackendConfig
+from deltaglider_proxy.engine.multipart import MultipartStore
+from deltaglider_proxy.engine.objects import ObjectEngine
+from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.observability.logs import configure
+from deltaglider_proxy.s3api.checksums import new_checksum
+from deltaglider_proxy.s3api.context import Services
+from deltaglider_proxy.s3api.gateway import S3Gateway
+from deltaglider_proxy.s3api.http import Receive, Scope, Send
+from deltaglider_proxy.storage.base import Backend
+from deltaglider_proxy.storage.filesystem import FilesystemBackend
+
+log = logging.getLogger(__name__)
+SWEEP_INTERVAL_SECONDS = 300
+
+
+def state_dir(snapshot: Snapshot) -> Path:
+    """The one local directory the proxy keeps its own state in."""
+    import os
+
+    if os.environ.get("DGP_STATE_DIR"):
+        return Path(os.environ["DGP_STATE_DIR"])
+    backend = snapshot.config.storage.singleton_backend()
+    base = Path(backend.path) if isinstance(backend, FilesystemBackendConfig) else Path("./data")
+    return base / ".deltaglider"
+
+
+def build_backend(snapshot: Snapshot) -> Backend:
+    backend = snapshot.config.storage.singleton_backend()
+    if isinstance(backend, FilesystemBackendConfig):
+        return FilesystemBackend(Path(backend.path))
+    raise NotImplementedError("the S3 backend is not available in this build")
+
+
+@dataclass
+class Runtime:
+    services: Services
+    backend: Backend
+    gateway: S3Gateway
+
+
+@contextlib.asynccontextmanager
+async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
+    config = snapshot.config
+    state = state_dir(snapshot)
+    backend = build_backend(snapshot)
+    start = getattr(backend, "start", None)
+    if start is not None:
+        await start()
+    spool = Spool(
+        Path(config.advanced.spool_dir) if config.advanced.spool_dir else state / "spool",
+        config.advanced.spool_max_bytes,
+    )
+    await asyncio.to_thread(spool.start)
+    engine = ObjectEngine(backend, spool, max_object_size=config.advanced.max_object_size)
+    multipart = MultipartStore(
+        state / "multipart",
+        engine,
+        max_uploads=snapshot.runtime.max_multipart_uploads,
+        idle_ttl_seconds=snapshot.runtime.multipart_idle_ttl_hours * 3600,
+        checksum_factory=new_checksum,
+    )
+    await asyncio.to_thread(multipart.start)
+    credentials = resolve_credentials(
+        config.access.access_key_id, config.access.secret_access_key, config.access.authentication, state
+    )
+    import os
+
+    domains = tuple(
+        d.strip().lower()
+        for d in os.environ.get("DGP_VIRTUAL_HOST_DOMAINS", "localhost").split(",")
+        if d.strip()
+    )
+    services = Services(
+        engine=engine,
+        multipart=multipart,
+        spool=spool,
+        credentials=credentials,
+        runtime=snapshot.runtime,
+        max_object_size=config.advanced.max_object_size,
+        virtual_host_domains=domains,
+    )
+    sweeper = asyncio.create_task(_sweep_forever(multipart))
+    try:
+        yield Runtime(services, backend, S3Gateway(services))
+    finally:
+        sweeper.cancel()
+        await backend.close()
+
+
+async def _sweep_forever(multipart: MultipartStore) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        try:
+            dropped = await multipart.sweep()
+            if dropped:
+                log.info("dropped %d idle multipart uploads", dropped)
+        except Exception:
+            log.exception("multipart sweep failed")
+
+
+class Application:
+    """ASGI entry point; the config snapshot is loaded from the environment at lifespan start."""
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self._snapshot = snapshot
+        self._runtime: Runtime | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        if self._runtime is None:
+            await self._startup()
+        assert self._runtime is not None
+        if scope["path"].startswith("/_/"):
+            await handle_admin(scope, receive, send)
+        else:
+            await self._runtime.gateway(scope, receive, send)
+
+    async def _startup(self) -> None:
+        snapshot = self._snapshot or load_snapshot()
+        configure(snapshot.config.advanced.log_level, snapshot.runtime.log_format)
+        self._runtime = await self._stack.enter_async_context(running(snapshot))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._stack.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app() -> Application:
+    return Application()

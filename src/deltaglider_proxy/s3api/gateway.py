@@ -1,0 +1,189 @@
+"""The S3 edge as one ASGI handler: parse → authenticate → dispatch → respond → log.
+
+Every response carries ``x-amz-request-id``; every request logs one structured line with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+from deltaglider_proxy.engine.keys import bucket_name_valid
+from deltaglider_proxy.observability.logs import request_id_var
+from deltaglider_proxy.s3api import dispatch, errors
+from deltaglider_proxy.s3api.body import ClientDisconnected
+from deltaglider_proxy.s3api.context import Call, Services
+from deltaglider_proxy.s3api.errormap import to_s3_error
+from deltaglider_proxy.s3api.http import (
+    MAX_HEADER_BYTES,
+    Receive,
+    Response,
+    S3Request,
+    Scope,
+    Send,
+    collect_headers,
+    parse_query,
+    send_response,
+)
+from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
+
+log = logging.getLogger("deltaglider_proxy.access")
+COMMON_HEADERS = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
+DRAIN_LIMIT = 1024 * 1024
+
+
+def _split_target(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str | None, str | None, bool]:
+    """(bucket, key, virtual_host) from the raw path and the Host header."""
+    hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+    hostname = hostname.lower()
+    for domain in domains:
+        suffix = "." + domain
+        if hostname.endswith(suffix) and len(hostname) > len(suffix):
+            bucket = hostname[: -len(suffix)]
+            key = unquote(raw_path[1:]) if len(raw_path) > 1 else None
+            return bucket, key, True
+    path = raw_path[1:] if raw_path.startswith("/") else raw_path
+    if not path:
+        return None, None, False
+    bucket_part, sep, key_part = path.partition("/")
+    bucket = unquote(bucket_part)
+    key = unquote(key_part) if sep and key_part else None
+    return bucket, key, False
+
+
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
+
+
+async def _drain(req: S3Request) -> None:
+    """Read (and drop) a bounded amount of an unread body so the client sees our answer."""
+    drained = 0
+    while drained < DRAIN_LIMIT and not req.body_complete:
+        message = await req.receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class S3Gateway:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def _authenticate(self, req: S3Request) -> Call:
+        call = Call(self.services, req)
+        credentials = self.services.credentials
+        if credentials.mode == "open":
+            return call
+        if req.method == "HEAD" and req.bucket is None:
+            return call  # client connection probe (control-plane.md §2.4.1)
+        signed = SignedRequest(
+            method=req.method, raw_path=req.raw_path, query_string=req.query_string, headers=req.headers
+        )
+        if not has_credentials(signed):
+            if req.has("AWSAccessKeyId") and req.has("Signature"):
+                # A Signature Version 2 presigned URL (boto3's default for presigning without a
+                # signature_version): say which scheme to use rather than a bare AccessDenied.
+                raise errors.InvalidRequest("Please use AWS4-HMAC-SHA256.")
+            raise errors.AccessDenied()
+        call.auth = verify(
+            signed,
+            credentials,
+            now=datetime.now(UTC),
+            clock_skew_seconds=self.services.runtime.clock_skew_seconds,
+        )
+        return call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        token = request_id_var.set(request_id)
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        raw_path_text = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
+        raw_path_text = raw_path_text.split("?", 1)[0]
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        raw_headers = scope.get("headers", [])
+        headers = collect_headers(raw_headers)
+        bucket, key, virtual = _split_target(
+            raw_path_text, headers.get("host", ""), self.services.virtual_host_domains
+        )
+        req = S3Request(
+            method=scope["method"].upper(),
+            raw_path=raw_path_text,
+            query_string=query_string,
+            query=parse_query(query_string),
+            headers=headers,
+            bucket=bucket,
+            key=key,
+            client_ip=_client_ip(scope),
+            _receive=receive,
+            request_id=request_id,
+            virtual_host=virtual,
+        )
+        operation = "-"
+        principal = "-"
+        response: Response
+        body_consumed = False
+        try:
+            if sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
+                raise errors.RequestHeaderSectionTooLarge()
+            if req.bucket is not None and not bucket_name_valid(req.bucket):
+                raise errors.InvalidBucketName(resource=req.bucket)
+            call = self._authenticate(req)
+            principal = call.auth.access_key_id if call.auth else "anonymous"
+            handler = dispatch.resolve(call)
+            operation = getattr(handler, "__name__", "-")
+            response = await handler(call)
+            body_consumed = True
+        except ClientDisconnected:
+            log.info("client disconnected", extra=self._fields(req, operation, principal, 499, 0, started))
+            request_id_var.reset(token)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an S3 error response
+            error = to_s3_error(exc)
+            response = Response(
+                status=error.status,
+                headers=[("content-type", "application/xml"), *error.headers.items()],
+                body=b"" if req.method == "HEAD" else errors.render_error(error, request_id),
+            )
+            if not body_consumed:
+                with contextlib.suppress(Exception):  # best effort only
+                    await _drain(req)
+        response.headers.extend(COMMON_HEADERS)
+        response.headers.append(("x-amz-request-id", "0" if operation == "probe" else request_id))
+        sent = 0
+        try:
+            sent = await send_response(send, response, head=req.method == "HEAD")
+        except Exception as exc:
+            log.error(
+                "response failed mid-stream: %r",
+                exc,
+                extra=self._fields(req, operation, principal, response.status, sent, started),
+            )
+            request_id_var.reset(token)
+            raise
+        log.info("request", extra=self._fields(req, operation, principal, response.status, sent, started))
+        request_id_var.reset(token)
+
+    @staticmethod
+    def _fields(
+        req: S3Request, operation: str, principal: str, status: int, sent: int, started: float
+    ) -> dict[str, object]:
+        return {
+            "method": req.method,
+            "bucket": req.bucket or "",
+            "key": req.key or "",
+            "operation": operation,
+            "principal": principal,
+            "status": status,
+            "bytes_in": int(length) if (length := req.headers.get("content-length", "0")).isdigit() else 0,
+            "bytes_out": sent,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "client_ip": req.client_ip,
+        }
