@@ -16,16 +16,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import make_client
+from tests.support.assertions import assert_error
 from tests.support.server import ACCESS_KEY, ProxyServer
 from tests.support.signing import presigned_url, signed_chunked_upload, signed_headers
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/xml"
-    assert f"<Code>{code}</Code>" in response.text
-    request_id = response.headers["x-amz-request-id"]
-    assert f"<RequestId>{request_id}</RequestId>" in response.text
 
 
 def test_anonymous_request_is_denied(proxy: ProxyServer, bucket: str) -> None:

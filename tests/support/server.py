@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,6 +59,8 @@ class ProxyServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir.parent,
+            # Its own process group, so kill() reaches granian's worker process as well.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -88,8 +91,7 @@ class ProxyServer:
     def kill(self) -> None:
         """kill -9: the crash an operator fears."""
         if self.process is not None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
-            # granian runs the app in a worker process; make sure it is gone too.
-            subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], check=False)
         self.process = None
