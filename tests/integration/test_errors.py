@@ -36,7 +36,10 @@ def test_malformed_xml(proxy: ProxyServer, s3: Any, bucket: str) -> None:
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         assert_error(_signed("POST", url, body, {"content-md5": md5}), 400, "MalformedXML")
     # An entity-expansion bomb is refused, not expanded.
-    bomb = b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]><Delete><Object><Key>&a;</Key></Object></Delete>'
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'
+        b"<Delete><Object><Key>&a;</Key></Object></Delete>"
+    )
     response = _signed(
         "POST", url, bomb, {"content-md5": base64.b64encode(hashlib.md5(bomb).digest()).decode()}
     )
@@ -98,10 +101,10 @@ def test_short_body_is_incomplete_and_stores_nothing(proxy: ProxyServer, s3: Any
     url = presigned_url("PUT", f"{proxy.endpoint}/{bucket}/short")
     parts = requests.utils.urlparse(url)
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(
-            f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: 100\r\n\r\n".encode()
-            + b"only-part-of-it"
+        head = (
+            f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: 100\r\n\r\n"
         )
+        sock.sendall(head.encode() + b"only-part-of-it")
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(10)
         try:
