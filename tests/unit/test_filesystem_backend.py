@@ -27,6 +27,7 @@ from deltaglider_proxy.storage.base import (
     CommonPrefix,
     DiskFull,
     InvalidObjectName,
+    ObjectExists,
     ObjectNotFound,
     StorageError,
     StoredObject,
@@ -723,3 +724,20 @@ def test_file_to_directory_conversion_is_atomic_for_readers(store: Store) -> Non
     assert not errors, errors
     assert len(checked) > 100
     assert all((store.space / "p" / f"a{index}" / ".dg.self").is_file() for index in range(40))
+
+
+@pytest.mark.parametrize("name", ["rel/reference.bin", "a"])
+def test_create_only_write_never_replaces(store: Store, name: str) -> None:
+    store.write(name, b"first")
+    if name == "a":
+        store.write("a/b", b"child")  # the file now lives inside a directory as .dg.self
+    source = store.spool / "create-only"
+    source.write_bytes(b"second")
+    with pytest.raises(ObjectExists):
+        run(store.backend.write(BUCKET, name, source, record_for(name, b"second"), if_absent=True))
+    assert store.read(name) == b"first"
+    assert source.read_bytes() == b"second"  # not consumed
+    assert not [p for p in store.space.rglob(".dg.tmp*")]
+    store.delete(name)
+    run(store.backend.write(BUCKET, name, source, record_for(name, b"second"), if_absent=True))
+    assert store.read(name) == b"second"

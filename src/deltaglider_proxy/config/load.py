@@ -75,6 +75,7 @@ class RuntimeSettings:
     multipart_idle_ttl_hours: float = 24.0
     trust_proxy_headers: bool = False
     log_format: str = "text"
+    codec_timeout_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         multipart_idle_ttl_hours=ttl,
         trust_proxy_headers=_truthy(env.get("DGP_TRUST_PROXY_HEADERS", "false")),
         log_format=fmt,
+        codec_timeout_seconds=_int_env(env, "DGP_CODEC_TIMEOUT_SECS", 60, 1),
     )
 
 

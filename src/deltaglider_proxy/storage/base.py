@@ -36,6 +36,10 @@ class BucketNotEmpty(StorageError):
     pass
 
 
+class ObjectExists(StorageError):
+    """A create-only write found the object already there."""
+
+
 class BucketAlreadyExists(StorageError):
     pass
 
@@ -118,13 +122,21 @@ class Backend(Protocol):
         ...
 
     async def write(
-        self, bucket: str, name: str, source: Path, record: FileMetadata, *, move: bool = False
+        self,
+        bucket: str,
+        name: str,
+        source: Path,
+        record: FileMetadata,
+        *,
+        move: bool = False,
+        if_absent: bool = False,
     ) -> StoredObject:
         """Atomically make ``source``'s bytes the object ``name`` with ``record``.
 
         Readers see either the old object or the complete new one, never a torn one. With
         ``move=True`` the backend may take ownership of ``source`` (rename it into place);
-        the caller must not use it afterwards.
+        the caller must not use it afterwards. ``if_absent=True`` makes the write create-only:
+        :class:`ObjectExists` if the object is there (the guard for ``reference.bin``).
         """
         ...
 

@@ -46,6 +46,7 @@ from deltaglider_proxy.storage.base import (
     CommonPrefix,
     DiskFull,
     InvalidObjectName,
+    ObjectExists,
     ObjectNotFound,
     StorageError,
     StoredObject,
@@ -126,6 +127,13 @@ def _openat2_dir(path: str, dir_fd: int) -> int:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), path)
     return fd
+
+
+def _rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    try:
+        _renameat2(src_dir_fd, src, dst_dir_fd, dst, _RENAME_NOREPLACE)
+    except FileExistsError:
+        raise ObjectExists(dst) from None
 
 
 def _renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int) -> None:
@@ -576,11 +584,18 @@ class FilesystemBackend:
         return result
 
     async def write(
-        self, bucket: str, name: str, source: Path, record: FileMetadata, *, move: bool = False
+        self,
+        bucket: str,
+        name: str,
+        source: Path,
+        record: FileMetadata,
+        *,
+        move: bool = False,
+        if_absent: bool = False,
     ) -> StoredObject:
         _check_bucket(bucket)
         segments = split_name(name)
-        info = await self._run(self._write, bucket, segments, source, to_xattr_json(record), move)
+        info = await self._run(self._write, bucket, segments, source, to_xattr_json(record), move, if_absent)
         return _stored(name, info, record)
 
     async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:
@@ -589,7 +604,7 @@ class FilesystemBackend:
             raise InvalidObjectName(f"a directory marker name ends with '/': {name!r}")
         segments = split_name(name)
         record = _marker_record()
-        info = await self._run(self._write, bucket, segments, None, to_xattr_json(record), False)
+        info = await self._run(self._write, bucket, segments, None, to_xattr_json(record), False, False)
         return _stored(name, info, record)
 
     async def delete(self, bucket: str, name: str) -> bool:
@@ -769,7 +784,13 @@ class FilesystemBackend:
     # -- blocking work: writing ---------------------------------------------------------------
 
     def _write(
-        self, bucket: str, segments: Sequence[str], source: Path | None, metadata: bytes, move: bool
+        self,
+        bucket: str,
+        segments: Sequence[str],
+        source: Path | None,
+        metadata: bytes,
+        move: bool,
+        if_absent: bool = False,
     ) -> os.stat_result:
         """Steps: make the parent dirs, fill a temp file beside the target (data, xattrs,
         fsync), rename it over the target, fsync the directory. A concurrent delete may prune
@@ -788,7 +809,7 @@ class FilesystemBackend:
                         raise StorageError(f"write source {source} does not exist") from None
                     continue
                 try:
-                    target_fd = self._publish(stack, parent_fd, temp, leaf)
+                    target_fd = self._publish(stack, parent_fd, temp, leaf, if_absent)
                 except BaseException:
                     _unlink_quietly(temp, parent_fd)
                     raise
@@ -848,8 +869,12 @@ class FilesystemBackend:
             os.unlink(temp, dir_fd=parent_fd)  # the old name of the file, now also .dg.self
             os.fsync(parent_fd)
 
-    def _publish(self, stack: ExitStack, parent_fd: int, temp: str, leaf: str) -> int:
-        """Rename the filled temp file over the object; returns the fd of its directory."""
+    def _publish(
+        self, stack: ExitStack, parent_fd: int, temp: str, leaf: str, if_absent: bool = False
+    ) -> int:
+        """Rename the filled temp file over the object; returns the fd of its directory.
+        ``if_absent`` makes it create-only (ObjectExists when the object is there), atomic even
+        against other processes thanks to RENAME_NOREPLACE."""
         with self._tree_lock:
             for _attempt in range(_RETRIES):
                 info = _lstat(leaf, parent_fd)
@@ -858,12 +883,20 @@ class FilesystemBackend:
                     if dir_fd is None:
                         continue
                     try:
-                        os.rename(temp, SELF_NAME, src_dir_fd=parent_fd, dst_dir_fd=dir_fd)
+                        if if_absent:
+                            _rename_noreplace(parent_fd, temp, dir_fd, SELF_NAME)
+                        else:
+                            os.rename(temp, SELF_NAME, src_dir_fd=parent_fd, dst_dir_fd=dir_fd)
                     except FileNotFoundError:
                         continue  # the directory was pruned meanwhile: it is a plain name again
                     return dir_fd
                 try:
-                    os.rename(temp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                    if if_absent:
+                        _rename_noreplace(parent_fd, temp, parent_fd, leaf)
+                    else:
+                        os.rename(temp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                except ObjectExists:
+                    raise
                 except OSError as exc:
                     # Another process turned the target into a directory: go into .dg.self.
                     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
