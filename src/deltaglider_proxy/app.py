@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltaglider_proxy.admin.routes import handle_admin
+from deltaglider_proxy.admin.routes import AdminRoutes
 from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import Snapshot, load_snapshot
 from deltaglider_proxy.config.model import FilesystemBackendConfig
@@ -51,6 +51,7 @@ class Runtime:
     services: Services
     backend: Backend
     gateway: S3Gateway
+    admin: AdminRoutes
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +97,7 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     )
     sweeper = asyncio.create_task(_sweep_forever(multipart))
     try:
-        yield Runtime(services, backend, S3Gateway(services))
+        yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
     finally:
         sweeper.cancel()
         await backend.close()
@@ -132,7 +133,7 @@ class Application:
             await self._startup()
         assert self._runtime is not None
         if scope["path"].startswith("/_/"):
-            await handle_admin(scope, receive, send)
+            await self._runtime.admin(scope, receive, send)
         else:
             await self._runtime.gateway(scope, receive, send)
 

@@ -1,11 +1,24 @@
-"""The control plane under ``/_/``: for now health (liveness)."""
+"""The control plane under ``/_/``: health (liveness) and savings statistics.
+
+Until admin sessions exist (IAM/auth issue), ``/_/stats`` is authorised like an S3 request: signed
+with the proxy's SigV4 credentials (or open when ``authentication: none``).
+"""
 
 from __future__ import annotations
 
 import json
 import resource
+import time
+from datetime import UTC, datetime
 
-from deltaglider_proxy.s3api.http import Receive, Response, Scope, Send, send_response
+from deltaglider_proxy.engine.stats import BucketStats, bucket_stats
+from deltaglider_proxy.s3api import errors
+from deltaglider_proxy.s3api.context import Services
+from deltaglider_proxy.s3api.http import Receive, Response, Scope, Send, collect_headers, send_response
+from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
+
+ALL_BUCKETS_CACHE_SECONDS = 10.0
+ALL_BUCKETS_LIMIT = 1000
 
 
 def _json(status: int, doc: dict[str, object]) -> Response:
@@ -14,12 +27,91 @@ def _json(status: int, doc: dict[str, object]) -> Response:
     )
 
 
-async def handle_admin(scope: Scope, receive: Receive, send: Send) -> None:
-    path = scope["path"]
-    if path == "/_/health" and scope["method"] in ("GET", "HEAD"):
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        response = _json(200, {"status": "healthy", "backend": "ready", "peak_rss_bytes": peak_kib * 1024})
-    else:
-        response = _json(404, {"error": "not_found", "message": f"no such endpoint: {path}"})
-    response.headers.extend([("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")])
-    await send_response(send, response, head=scope["method"] == "HEAD")
+class AdminRoutes:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._all_cache: tuple[float, dict[str, object]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            if path == "/_/health" and method in ("GET", "HEAD"):
+                peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                response = _json(
+                    200, {"status": "healthy", "backend": "ready", "peak_rss_bytes": peak_kib * 1024}
+                )
+            elif path == "/_/stats" and method == "GET":
+                self._authorise(scope)
+                response = _json(200, await self._stats(scope))
+            else:
+                response = _json(404, {"error": "not_found", "message": f"no such endpoint: {path}"})
+        except errors.S3Error as exc:
+            response = Response(
+                status=exc.status,
+                headers=[("content-type", "application/xml")],
+                body=errors.render_error(exc, "-"),
+            )
+        response.headers.extend([("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")])
+        await send_response(send, response, head=method == "HEAD")
+
+    def _authorise(self, scope: Scope) -> None:
+        credentials = self.services.credentials
+        if credentials.mode == "open":
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        signed = SignedRequest(
+            method=scope["method"],
+            raw_path=raw_path.decode("latin-1").split("?", 1)[0],
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=collect_headers(scope.get("headers", [])),
+        )
+        if not has_credentials(signed):
+            raise errors.AccessDenied()
+        verify(
+            signed,
+            credentials,
+            now=datetime.now(UTC),
+            clock_skew_seconds=self.services.runtime.clock_skew_seconds,
+        )
+
+    async def _stats(self, scope: Scope) -> dict[str, object]:
+        from urllib.parse import parse_qs
+
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        bucket = (query.get("bucket") or [None])[0]
+        engine = self.services.engine
+        if bucket:
+            if not await engine.bucket_exists(bucket):
+                raise errors.NoSuchBucket(resource=bucket)
+            stats = await bucket_stats(engine.backend, bucket)
+            return {**_summary([stats]), **stats.as_dict(detail=True)}
+        cached = self._all_cache
+        if cached is not None and time.monotonic() - cached[0] < ALL_BUCKETS_CACHE_SECONDS:
+            return cached[1]
+        remaining = ALL_BUCKETS_LIMIT
+        every: list[BucketStats] = []
+        for info in await engine.list_buckets():
+            stats = await bucket_stats(engine.backend, info.name, limit=max(remaining, 0))
+            remaining -= stats.objects
+            every.append(stats)
+        doc = {**_summary(every), "buckets": [s.as_dict() for s in every]}
+        self._all_cache = (time.monotonic(), doc)
+        return doc
+
+
+def _summary(every: list[BucketStats]) -> dict[str, object]:
+    """The spec's fields (storage.md §13.5: references not counted) plus the honest footprint."""
+    original = sum(s.original_bytes for s in every)
+    stored = sum(s.stored_bytes for s in every)
+    footprint = sum(s.footprint_bytes for s in every)
+    return {
+        "total_objects": sum(s.objects for s in every),
+        "total_original_size": original,
+        "total_stored_size": stored,
+        "savings_percentage": round(100.0 * (1 - stored / original), 2) if original else 0.0,
+        "total_reference_size": sum(s.reference_bytes for s in every),
+        "total_footprint_size": footprint,
+        "footprint_savings_percentage": round(100.0 * (1 - footprint / original), 2) if original else 0.0,
+        "truncated": any(s.truncated for s in every),
+    }
