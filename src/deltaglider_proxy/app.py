@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,11 @@ from deltaglider_proxy.admin.routes import AdminRoutes
 from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import Snapshot, load_snapshot
 from deltaglider_proxy.config.model import FilesystemBackendConfig
+from deltaglider_proxy.engine.codec import Codec
+from deltaglider_proxy.engine.eligibility import CompressionPolicies
 from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
+from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
 from deltaglider_proxy.observability.logs import configure
 from deltaglider_proxy.s3api.checksums import new_checksum
@@ -67,7 +71,21 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         config.advanced.spool_max_bytes,
     )
     await asyncio.to_thread(spool.start)
-    engine = ObjectEngine(backend, spool, max_object_size=config.advanced.max_object_size)
+    codec = Codec(
+        concurrency=config.advanced.codec_concurrency or max(4 * (os.cpu_count() or 1), 16),
+        timeout_seconds=snapshot.runtime.codec_timeout_seconds,
+        max_output_bytes=config.advanced.max_object_size,
+    )
+    references = ReferenceCache(state / "references", config.advanced.cache_size_mb * 1024 * 1024)
+    await asyncio.to_thread(references.start)
+    engine = ObjectEngine(
+        backend,
+        spool,
+        codec=codec,
+        references=references,
+        policies=CompressionPolicies(config.advanced.max_delta_ratio, config.storage.buckets),
+        max_object_size=config.advanced.max_object_size,
+    )
     multipart = MultipartStore(
         state / "multipart",
         engine,
@@ -79,8 +97,6 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     credentials = resolve_credentials(
         config.access.access_key_id, config.access.secret_access_key, config.access.authentication, state
     )
-    import os
-
     domains = tuple(
         d.strip().lower()
         for d in os.environ.get("DGP_VIRTUAL_HOST_DOMAINS", "localhost").split(",")

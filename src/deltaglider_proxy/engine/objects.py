@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from deltaglider_proxy.engine.codec import Codec
+from deltaglider_proxy.engine.eligibility import CompressionPolicies
 from deltaglider_proxy.engine.keys import ObjectKey, check_list_prefix, parse_key
 from deltaglider_proxy.engine.locks import DeltaspaceLocks
+from deltaglider_proxy.engine.references import ReferenceCache
+from deltaglider_proxy.engine.retrieve import DecodedFile, DeltaRetriever, IntegrityError
 from deltaglider_proxy.engine.spool import Spool, SpooledFile
+from deltaglider_proxy.engine.store import DeltaStore, StoreResult
+from deltaglider_proxy.engine.transfer import stream_file
 from deltaglider_proxy.storage.base import (
     Backend,
     BucketInfo,
@@ -47,10 +53,6 @@ class EntityTooLarge(Exception):
 
 class ObjectMissing(Exception):
     """The user key does not exist."""
-
-
-class IntegrityError(Exception):
-    """Stored bytes failed verification; never served."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,20 @@ class ObjectEngine:
         backend: Backend,
         spool: Spool,
         *,
+        codec: Codec,
+        references: ReferenceCache,
+        policies: CompressionPolicies,
         max_object_size: int,
     ) -> None:
         self.backend = backend
         self.spool = spool
         self.max_object_size = max_object_size
+        self.references = references
         self.locks = DeltaspaceLocks()
+        self.deltas = DeltaStore(backend, spool, codec, references, policies, self.locks)
+        self.retriever = DeltaRetriever(backend, spool, codec, references, self.deltas)
+        # Outcome of every PUT by decision and reason, for metrics and the stats endpoint.
+        self.decisions: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ buckets
 
@@ -184,12 +194,27 @@ class ObjectEngine:
     async def open(
         self, bucket: str, raw_key: str, start: int = 0, end: int | None = None
     ) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
-        """The object's info and a stream of bytes [start, end) of its logical content."""
+        """The object's info and a stream of bytes [start, end) of its logical content.
+
+        A delta object is rebuilt and verified before this returns, so a failure is still an
+        error response rather than a broken body."""
         info = await self.head(bucket, raw_key)
-        if info.storage_type in ("delta", "reference"):
-            # The delta codec is not part of this build yet; never hand out stored delta bytes.
-            raise IntegrityError(f"{bucket}/{raw_key}: delta objects need the delta engine")
+        if info.storage_type == "delta" and info.record is not None:
+            key = parse_key(raw_key)
+            decoded = await self.retriever.rebuild(bucket, key, info.record)
+            return info, self._stream_decoded(decoded, start, end)
+        if info.storage_type == "reference":
+            raise IntegrityError(f"{bucket}/{raw_key}: a reference record under a user key (legacy layout)")
         return info, self._stream(bucket, info.key, start, end)
+
+    async def _stream_decoded(
+        self, decoded: DecodedFile, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream_file(decoded.path, start, end):
+                yield chunk
+        finally:
+            decoded.discard()
 
     async def _stream(self, bucket: str, name: str, start: int, end: int | None) -> AsyncIterator[bytes]:
         try:
@@ -203,6 +228,7 @@ class ObjectEngine:
     # ------------------------------------------------------------------ write side
 
     def _record(self, key: ObjectKey, body: SpooledFile, new: NewObject) -> FileMetadata:
+        """The passthrough-shaped record of a new object; the store turns it into a delta's."""
         return FileMetadata(
             tool=TOOL,
             original_name=key.filename,
@@ -227,23 +253,23 @@ class ObjectEngine:
             if body.size > self.max_object_size:
                 raise EntityTooLarge(f"{body.size} > max_object_size {self.max_object_size}")
             record = self._record(key, body, new)
-            async with self.locks.hold(bucket, key.prefix):
-                stored = await self.backend.write(bucket, key.passthrough_name, body.path, record, move=True)
-                # The new variant is visible; only now drop the other kind (§2.6).
-                try:
-                    await self.backend.delete(bucket, key.delta_name)
-                except Exception:
-                    log.exception("could not delete superseded delta of %s/%s", bucket, key.key)
-            return _info_from_stored(key.key, stored)
+            result = await self.deltas.put(bucket, key, body, record)
+            self._count(result)
+            return _info_from_stored(key.key, result.stored)
         finally:
             body.discard()
+
+    def _count(self, result: StoreResult) -> None:
+        slot = (result.decision, result.reason)
+        self.decisions[slot] = self.decisions.get(slot, 0) + 1
+        log.debug("stored as %s (%s, ratio %s)", result.decision, result.reason, result.ratio)
 
     async def delete(self, bucket: str, raw_key: str) -> bool:
         key = parse_key(raw_key)
         async with self.locks.hold(bucket, key.prefix):
             removed_delta = await self.backend.delete(bucket, key.delta_name)
             removed_plain = await self.backend.delete(bucket, key.passthrough_name)
-            if removed_delta:
+            if removed_delta or removed_plain:
                 await self._drop_orphan_reference(bucket, key)
         return removed_delta or removed_plain
 
@@ -254,7 +280,8 @@ class ObjectEngine:
             name = entry.name
             if isinstance(entry, CommonPrefix) or name.rsplit("/", 1)[-1] != REFERENCE_NAME:
                 return
-        await self.backend.delete(bucket, key.reference_name)
+        if await self.backend.delete(bucket, key.reference_name):
+            self.references.evict(bucket, key.prefix)
 
     # ------------------------------------------------------------------ listing
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from deltaglider_proxy.engine.codec import CodecBusy, CodecFailed
 from deltaglider_proxy.engine.keys import KeyError_
 from deltaglider_proxy.engine.multipart import PartProblem, TooManyUploads, UploadBusy, UploadNotFound
-from deltaglider_proxy.engine.objects import EntityTooLarge, IntegrityError, ObjectMissing
+from deltaglider_proxy.engine.objects import EntityTooLarge, ObjectMissing
+from deltaglider_proxy.engine.retrieve import IntegrityError, SpoolExhausted
 from deltaglider_proxy.engine.spool import SpoolFull
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.storage import base as storage
@@ -41,7 +43,9 @@ def to_s3_error(exc: BaseException) -> errors.S3Error:
         return errors.EntityTooLarge()
     if isinstance(exc, storage.InvalidObjectName):
         return errors.InvalidArgument("The object key cannot be stored")
-    if isinstance(exc, SpoolFull):
+    if isinstance(exc, CodecBusy):
+        return errors.SlowDown("All delta codec slots are busy; retry later.")
+    if isinstance(exc, SpoolFull | SpoolExhausted):
         return errors.SlowDown("The server's spool space is exhausted; retry later.")
     if isinstance(exc, storage.BackendUnavailable):
         log.error("backend unavailable: %s", exc)
@@ -49,6 +53,9 @@ def to_s3_error(exc: BaseException) -> errors.S3Error:
     if isinstance(exc, storage.DiskFull):
         log.error("disk full: %s", exc)
         return errors.InternalError("Insufficient storage space. The server's disk is full.")
+    if isinstance(exc, CodecFailed):
+        log.error("delta codec failed: %s", exc)
+        return errors.InternalError()
     if isinstance(exc, IntegrityError | MetadataError):
         log.error("integrity failure: %s", exc)
         return errors.InternalError()
