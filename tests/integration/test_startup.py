@@ -134,3 +134,10 @@ def test_runs_as_python_module_entry_point(tmp_path: Path) -> None:
         [sys.executable, "-m", "deltaglider_proxy", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_missing_codec_refuses_to_start(tmp_path: Path) -> None:
+    result = _run_cli(tmp_path, env={"PATH": str(tmp_path / "empty-bin")})
+    assert result.returncode != 0
+    assert "xdelta3" in result.stderr and "apt-get install xdelta3" in result.stderr
+    assert "Traceback" not in result.stderr
