@@ -201,7 +201,7 @@ def test_timeout_kills_the_child(tmp_path: Path) -> None:
     for operation in (c.encode, c.decode):
         with pytest.raises(CodecFailed, match="timed out"):
             run(operation(tmp_path / "a", tmp_path / "b", tmp_path / "out"))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # killed, not waited for (the child sleeps 30 s)
     assert c.in_use == 0
     assert not (tmp_path / "out").exists()
 
@@ -228,7 +228,7 @@ def test_permits_encode_fails_fast_decode_waits(tmp_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(CodecBusy):
             await c.decode(tmp_path / "a", tmp_path / "b", tmp_path / "out3", wait_seconds=0.2)
-        assert 0.15 < time.monotonic() - started < 2
+        assert 0.15 < time.monotonic() - started < 10
         # A waiting decode gets the permit as soon as it is returned.
         waiting = asyncio.create_task(c.decode(tmp_path / "a", tmp_path / "b", tmp_path / "out4"))
         await asyncio.sleep(0.1)
@@ -269,29 +269,29 @@ def test_cancellation_kills_the_child(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
-def test_concurrent_operations_run_in_parallel(tmp_path: Path) -> None:
-    """Children, not GIL-bound threads: the event loop stays responsive while they work."""
+def test_event_loop_runs_while_children_work(tmp_path: Path) -> None:
+    """Children, not GIL-bound threads: other coroutines run while all encodes are in flight."""
     rng = random.Random(11)
     source = rng.randbytes(2 * MiB)
     (tmp_path / "src").write_bytes(source)
     (tmp_path / "tgt").write_bytes(edit(source, rng, 50))
 
-    async def scenario() -> float:
+    async def scenario() -> list[int]:
         c = codec()
-        ticks: list[float] = []
+        seen: list[int] = []
 
-        async def ticker() -> None:
+        async def watcher() -> None:
             while True:
-                before = time.monotonic()
+                seen.append(c.in_use)
                 await asyncio.sleep(0.005)
-                ticks.append(time.monotonic() - before)
 
-        tick = asyncio.create_task(ticker())
+        watch = asyncio.create_task(watcher())
         sizes = await asyncio.gather(
             *(c.encode(tmp_path / "src", tmp_path / "tgt", tmp_path / f"d{i}") for i in range(3))
         )
-        tick.cancel()
+        watch.cancel()
         assert len(set(sizes)) == 1
-        return max(ticks)
+        return seen
 
-    assert run(scenario()) < 0.1
+    seen = run(scenario())
+    assert seen.count(3) >= 2

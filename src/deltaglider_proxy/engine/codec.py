@@ -1,23 +1,28 @@
 """The delta codec: xdelta3 (VCDIFF) encode/decode, file to file, in a child process, bounded.
 
-Chosen by measurement on the public corpora (full tables and reasoning: bench/CODEC.md):
+Chosen by measurement on the public corpora, each version against the first (full tables and
+reasoning in bench/CODEC.md; reproduce with bench/codec_choice.py):
 
-* The Debian ``xdelta3`` binary, not the ``pyxdelta`` wheel. pyxdelta holds the GIL for a whole
-  call: an event-loop tick waited 280 ms behind one 60 MB encode run via ``asyncio.to_thread``, and
-  two encodes in two threads took twice as long as one. It also cannot be killed on timeout nor
-  capped. A child process runs on another core, dies on ``kill``, and lets the kernel cap its output.
-* ``-9`` with xdelta3's default LZMA secondary compression: the exact settings of the savings
-  anchor (the upstream CLI's ``xdelta3 -e -9``), so stored deltas are never bigger than the
-  anchor's. Each version against the first: pip wheels 43.0 % saved, numpy wheels 35.1 %, django
-  tarballs 91.4 %. Cheaper settings lose savings (``-3 -S none``, what pyxdelta does: django
-  91.2 %, pip 42.7 %) and ``-N`` helps tarballs but hurts wheels.
-* ``-B``: xdelta3 only finds matches inside a source window (64 MiB by default). Up to that size
-  the default is kept (it covers the whole source); a bigger source gets a window of its size,
-  capped (``max_source_window``) because the encoder's memory is about three times the window at
-  ``-9`` (807 MB RSS for 256 MiB). Content that moves further than the window is not matched.
-* ``-D`` (never decompress inputs: byte identity), ``-A`` (no application header, which would
-  embed our spool file names in every delta); ``XDELTA`` is removed from the child's environment
-  so no operator setting can add options. Output is plain VCDIFF that any ``xdelta3 -d`` decodes.
+* The Debian ``xdelta3`` binary, not the ``pyxdelta`` wheel: pyxdelta holds the GIL for a whole
+  call (an event-loop tick waited 280 ms behind one 60 MB encode in ``asyncio.to_thread``; two
+  encodes in two threads took twice as long as one) and can be neither killed on timeout nor
+  capped. A child runs on another core, dies on ``kill`` and has its output capped by the kernel.
+* ``-9`` with xdelta3's default LZMA secondary compression, the settings of the upstream CLI
+  (``xdelta3 -e -9``) that the savings goal is measured against, so no delta is bigger than the
+  anchor's: saves 43.0 % on pip wheels, 35.1 % on numpy wheels, 91.4 % on Django tarballs. Encode
+  runs at 6–8 MB/s on wheels and 78 MB/s on tarballs, decode at 130–180 and 500 MB/s. Faster
+  settings cost savings: ``-3 -S none`` (what pyxdelta does) encodes 2.4–3x faster but saves
+  42.7 / 34.8 / 91.1 %; ``-S djw`` encodes wheels 1.7–2x faster for 0.01–0.45 MB more per corpus;
+  ``-N`` helps tarballs and hurts wheels.
+* ``-B``: matches are only found within a source window (64 MiB by default). Up to that size the
+  default covers the whole source and is kept (a smaller window shrinks the hash table and loses a
+  little). Beyond it the window grows to the source size, capped by ``max_source_window``: the
+  encoder needs about three times the window in memory at ``-9`` (807 MB RSS for 256 MiB), and
+  content that moved further than the window is no longer matched.
+* ``-D``: never decompress inputs (without it xdelta3 gunzips a .tgz and re-gzips on decode, which
+  does not give the original bytes back). ``-A``: no application header, which would embed spool
+  file names in every delta. ``XDELTA`` is dropped from the child's environment so no setting
+  outside the proxy adds options. The output is plain VCDIFF that any ``xdelta3 -d`` decodes.
 """
 
 from __future__ import annotations
