@@ -14,6 +14,7 @@ from deltaglider_proxy.admin.routes import AdminRoutes
 from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import Snapshot, load_snapshot
 from deltaglider_proxy.config.model import FilesystemBackendConfig
+from deltaglider_proxy.engine.background import BackgroundEncoder
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import CompressionPolicies
 from deltaglider_proxy.engine.multipart import MultipartStore
@@ -111,11 +112,17 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         max_object_size=config.advanced.max_object_size,
         virtual_host_domains=domains,
     )
+    if config.advanced.delta_encoding == "background":
+        engine.background = BackgroundEncoder(engine.deltas, state / "deferred")
+        engine.deltas.deferrer = engine.background
+        await engine.background.start()
     sweeper = asyncio.create_task(_sweep_forever(multipart))
     try:
         yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
     finally:
         sweeper.cancel()
+        if engine.background is not None:
+            await engine.background.close()
         await backend.close()
 
 

@@ -32,7 +32,9 @@ def dproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     config = root / "config.yaml"
     config.write_text("storage:\n  buckets:\n    plain:\n      compression: false\n")
     server = ProxyServer(
-        data_dir=root / "data", env={"DGP_DEBUG_HEADERS": "true"}, args=["--config", str(config)]
+        data_dir=root / "data",
+        env={"DGP_DEBUG_HEADERS": "true", "DGP_DELTA_ENCODING": "inline"},
+        args=["--config", str(config)],
     ).start()
     yield server
     server.stop()

@@ -81,11 +81,13 @@ class AdminRoutes:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         bucket = (query.get("bucket") or [None])[0]
         engine = self.services.engine
+        background = engine.background
+        pending = {"pending_delta_encodes": background.pending if background is not None else 0}
         if bucket:
             if not await engine.bucket_exists(bucket):
                 raise errors.NoSuchBucket(resource=bucket)
             stats = await bucket_stats(engine.backend, bucket)
-            return {**_summary([stats]), **stats.as_dict(detail=True)}
+            return {**_summary([stats]), **stats.as_dict(detail=True), **pending}
         cached = self._all_cache
         if cached is not None and time.monotonic() - cached[0] < ALL_BUCKETS_CACHE_SECONDS:
             return cached[1]
@@ -95,7 +97,7 @@ class AdminRoutes:
             stats = await bucket_stats(engine.backend, info.name, limit=max(remaining, 0))
             remaining -= stats.objects
             every.append(stats)
-        doc = {**_summary(every), "buckets": [s.as_dict() for s in every]}
+        doc = {**_summary(every), "buckets": [s.as_dict() for s in every], **pending}
         self._all_cache = (time.monotonic(), doc)
         return doc
 

@@ -33,6 +33,7 @@ _FLAT_KEYS: dict[str, tuple[str, str]] = {
     "cache_size_mb": ("advanced", "cache_size_mb"),
     "metadata_cache_mb": ("advanced", "metadata_cache_mb"),
     "codec_concurrency": ("advanced", "codec_concurrency"),
+    "delta_encoding": ("advanced", "delta_encoding"),
     "blocking_threads": ("advanced", "blocking_threads"),
     "log_level": ("advanced", "log_level"),
     "config_sync_bucket": ("advanced", "config_sync_bucket"),
@@ -186,6 +187,7 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         ("DGP_LOG_LEVEL", "log_level"),
         ("DGP_SPOOL_DIR", "spool_dir"),
         ("DGP_CONFIG_SYNC_BUCKET", "config_sync_bucket"),
+        ("DGP_DELTA_ENCODING", "delta_encoding"),
     ):
         if env.get(var):
             _set(doc, "advanced", field, env[var])

@@ -162,6 +162,9 @@ class AdvancedConfig(Section):
     bootstrap_password_hash: str | None = None
     spool_dir: str | None = None
     spool_max_bytes: int | None = Field(default=None, ge=0)
+    # "background": a PUT into a deltaspace that has a reference is stored as-is and re-encoded
+    # as a delta by a background worker; "inline": encoded before the PUT answers (upstream).
+    delta_encoding: Literal["background", "inline"] = "background"
 
     @field_validator("listen_addr")
     @classmethod

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import CompressionPolicies
@@ -39,6 +39,9 @@ from deltaglider_proxy.storage.metadata import (
     FileMetadata,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from deltaglider_proxy.engine.background import BackgroundEncoder
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,8 @@ class ObjectEngine:
         self.locks = DeltaspaceLocks()
         self.deltas = DeltaStore(backend, spool, codec, references, policies, self.locks)
         self.retriever = DeltaRetriever(backend, spool, codec, references, self.deltas)
+        # Set by the application when delta encoding runs in the background.
+        self.background: BackgroundEncoder | None = None
         # Outcome of every PUT by decision and reason, for metrics and the stats endpoint.
         self.decisions: dict[tuple[str, str], int] = {}
 

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import (
@@ -48,6 +48,9 @@ Reason = Literal[
     "ratio",
     "delta",
     "empty",
+    "deferred",
+    "superseded",
+    "no-reference",
 ]
 SKETCH_CACHE_ENTRIES = 256
 
@@ -60,8 +63,21 @@ class StoreResult:
     ratio: float | None = None
 
 
-class ReferenceUnusable(Exception):
-    """``reference.bin`` exists but carries no usable record (written out-of-band)."""
+class Deferrer(Protocol):
+    """Takes note of an object stored as-is that should be re-encoded later."""
+
+    async def submit(self, bucket: str, key: str, record: FileMetadata) -> None: ...
+
+
+def same_version(stored: StoredObject | None, record: FileMetadata) -> bool:
+    """Whether ``stored`` is still the very object version ``record`` describes."""
+    current = stored.record if stored is not None else None
+    return (
+        current is not None
+        and current.file_sha256 == record.file_sha256
+        and current.file_size == record.file_size
+        and abs((current.created_at - record.created_at).total_seconds()) < 0.001
+    )
 
 
 class DeltaStore:
@@ -81,6 +97,8 @@ class DeltaStore:
         self.policies = policies
         self.locks = locks
         self._sketches: OrderedDict[str, Sketch] = OrderedDict()
+        # Set when delta encoding runs in the background (advanced.delta_encoding).
+        self.deferrer: Deferrer | None = None
 
     # ------------------------------------------------------------------ reference access
 
@@ -127,6 +145,10 @@ class DeltaStore:
                     key.key,
                 )
                 return await self._passthrough(bucket, key, body, record, "not-a-candidate")
+            if not minted and self.deferrer is not None:
+                result = await self._passthrough(bucket, key, body, record, "deferred")
+                await self.deferrer.submit(bucket, key.key, record)
+                return result
             try:
                 return await self._encode_and_write(
                     bucket, key, body, record, reference.record, minted, policy
@@ -135,6 +157,64 @@ class DeltaStore:
                 if minted:
                     await self._drop_reference(bucket, key)
                 raise
+
+    # ------------------------------------------------------------------ background conversion
+
+    async def convert(self, bucket: str, key: ObjectKey, record: FileMetadata) -> Reason:
+        """Re-encode an object stored as-is (the version ``record`` describes) as a delta.
+
+        The expensive part runs without the deltaspace lock, so PUTs are not held up; the swap
+        happens under the lock and only if neither the object nor the reference changed meanwhile.
+        The object keeps its created_at (Last-Modified): it is the same version, stored smaller.
+        """
+        policy = self.policies.for_bucket(bucket)
+        if not policy.enabled:
+            return "compression-off"
+        if not same_version(await self.backend.head(bucket, key.passthrough_name), record):
+            return "superseded"
+        reference = await self.backend.head(bucket, key.reference_name)
+        if reference is None or reference.record is None or reference.record.note != "reference":
+            return "no-reference"
+        ref_record = reference.record
+        copy = self.spool.new_path(".src")
+        delta_path = self.spool.new_path(".delta")
+        try:
+            _, sha256 = await stream_to_file(self.backend.read(bucket, key.passthrough_name), copy)
+            if sha256 != record.file_sha256:
+                return "superseded"
+            async with self.references.pinned(
+                bucket, key.prefix, ref_record.file_sha256, self.loader(bucket, key)
+            ) as ref_path:
+                ref_sketch, body_sketch = await asyncio.gather(
+                    self._reference_sketch(ref_record.file_sha256, ref_path),
+                    asyncio.to_thread(sketch_file, copy),
+                )
+                if containment(ref_sketch, body_sketch) < WORTH_ENCODING:
+                    return "dissimilar"
+                delta_size = await self.codec.encode(ref_path, copy, delta_path)
+            if record.file_size == 0 or delta_size / record.file_size >= policy.max_delta_ratio:
+                return "ratio"
+            async with self.locks.hold(bucket, key.prefix):
+                current = await self.backend.head(bucket, key.passthrough_name)
+                now_ref = await self.backend.head(bucket, key.reference_name)
+                if not same_version(current, record) or now_ref is None or now_ref.record is None:
+                    return "superseded"
+                if now_ref.record.file_sha256 != ref_record.file_sha256:
+                    return "superseded"
+                assert current is not None and current.record is not None
+                delta_record = current.record.with_changes(
+                    note="delta",
+                    ref_path=REFERENCE_NAME,
+                    ref_sha256=ref_record.file_sha256,
+                    delta_size=delta_size,
+                    delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
+                )
+                await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+                await self._delete_quietly(bucket, key.passthrough_name, key)
+            return "delta"
+        finally:
+            await asyncio.to_thread(copy.unlink, True)
+            await asyncio.to_thread(delta_path.unlink, True)
 
     async def _mint_reference(
         self, bucket: str, key: ObjectKey, body: SpooledFile, record: FileMetadata
