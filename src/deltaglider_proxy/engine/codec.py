@@ -45,6 +45,10 @@ MAX_SOURCE_WINDOW = 256 * 1024 * 1024
 _WINDOW_LIMIT = 1 << 31
 _POLL_SECONDS = 0.05
 _STDERR_BYTES = 2000
+# The timeout grows with the input: DGP_CODEC_TIMEOUT_SECS alone would kill every multi-GB encode.
+# 2 MB/s is well below the slowest measured -9 encode (6 MB/s on zip wheels): only a stuck child
+# runs into it.
+SLOWEST_EXPECTED_BYTES_PER_SECOND = 2_000_000
 
 
 class CodecBusy(Exception):
@@ -125,13 +129,16 @@ class Codec:
         self._in_use += 1
         try:
             source_size = await asyncio.to_thread(_file_size, source)
+            second_size = await asyncio.to_thread(_file_size, second)
             window = _window_options(source_size, self.max_source_window)
-            return await self._run(kind, [*mode, *window, "-s", str(source), str(second), str(out)], out)
+            timeout = self.timeout_seconds + (source_size + second_size) / SLOWEST_EXPECTED_BYTES_PER_SECOND
+            args = [*mode, *window, "-s", str(source), str(second), str(out)]
+            return await self._run(kind, args, out, timeout)
         finally:
             self._in_use -= 1
             self._permits.release()
 
-    async def _run(self, kind: str, args: list[str], out: Path) -> int:
+    async def _run(self, kind: str, args: list[str], out: Path, limit_seconds: float) -> int:
         try:
             process = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -151,12 +158,12 @@ class Codec:
             )
         talk = asyncio.ensure_future(process.communicate())
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_seconds
+        deadline = loop.time() + limit_seconds
         try:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise CodecFailed(f"xdelta3 {kind} timed out after {self.timeout_seconds:g}s")
+                    raise CodecFailed(f"xdelta3 {kind} timed out after {limit_seconds:g}s")
                 done, _ = await asyncio.wait({talk}, timeout=min(_POLL_SECONDS, remaining))
                 if done:
                     break
