@@ -22,12 +22,14 @@ from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
 from deltaglider_proxy.observability.logs import configure
+from deltaglider_proxy.policy.public import PublicPrefixes
+from deltaglider_proxy.policy.quotas import QuotaGuard
+from deltaglider_proxy.policy.routing import build_storage
 from deltaglider_proxy.s3api.checksums import new_checksum
 from deltaglider_proxy.s3api.context import Services
 from deltaglider_proxy.s3api.gateway import S3Gateway
 from deltaglider_proxy.s3api.http import Receive, Scope, Send
 from deltaglider_proxy.storage.base import Backend
-from deltaglider_proxy.storage.filesystem import FilesystemBackend
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL_SECONDS = 300
@@ -39,16 +41,14 @@ def state_dir(snapshot: Snapshot) -> Path:
 
     if os.environ.get("DGP_STATE_DIR"):
         return Path(os.environ["DGP_STATE_DIR"])
-    backend = snapshot.config.storage.singleton_backend()
-    base = Path(backend.path) if isinstance(backend, FilesystemBackendConfig) else Path("./data")
-    return base / ".deltaglider"
+    storage = snapshot.config.storage
+    candidates = list(storage.backends) if storage.backends else [storage.singleton_backend()]
+    paths = [Path(b.path) for b in candidates if isinstance(b, FilesystemBackendConfig)]
+    return (paths[0] if paths else Path("./data")) / ".deltaglider"
 
 
 def build_backend(snapshot: Snapshot) -> Backend:
-    backend = snapshot.config.storage.singleton_backend()
-    if isinstance(backend, FilesystemBackendConfig):
-        return FilesystemBackend(Path(backend.path))
-    raise NotImplementedError("the S3 backend is not available in this build")
+    return build_storage(snapshot.config.storage)
 
 
 @dataclass
@@ -111,6 +111,8 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         runtime=snapshot.runtime,
         max_object_size=config.advanced.max_object_size,
         virtual_host_domains=domains,
+        public=PublicPrefixes(config.storage.buckets),
+        quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
     )
     if config.advanced.delta_encoding == "background":
         engine.background = BackgroundEncoder(engine.deltas, state / "deferred")
@@ -121,6 +123,7 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
     finally:
         sweeper.cancel()
+        await services.quotas.close()
         if engine.background is not None:
             await engine.background.close()
         await backend.close()

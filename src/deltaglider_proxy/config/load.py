@@ -226,6 +226,27 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         }
         storage["backend"] = {"type": "filesystem", "path": env["DGP_DATA_DIR"]}
         doc["storage"] = storage
+    _inject_backend_credentials(doc, env)
+
+
+def _inject_backend_credentials(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+    """DGP_BE_AWS_* supply the singleton S3 backend's keys when the file leaves them out."""
+    storage = doc.get("storage")
+    if not isinstance(storage, dict):
+        return
+    pairs = (
+        ("access_key_id", "DGP_BE_AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "DGP_BE_AWS_SECRET_ACCESS_KEY"),
+    )
+    backend = storage.get("backend")
+    if isinstance(backend, dict) and backend.get("type") == "s3":
+        for field, var in pairs:
+            if not backend.get(field) and env.get(var):
+                backend[field] = env[var]
+    elif storage.get("s3") is not None:
+        for field, var in pairs:
+            if not storage.get(field) and env.get(var):
+                storage[field] = env[var]
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -46,6 +46,21 @@ class S3BackendConfig(Section):
     force_path_style: bool = True
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    # "static": the keys above (upstream's only mode); "chain": botocore's standard credential
+    # chain (env, profile, instance/container role) — chosen explicitly, never as a fallback.
+    credentials: Literal["static", "chain"] = "static"
+
+    @model_validator(mode="after")
+    def _credentials_given(self) -> S3BackendConfig:
+        if self.credentials == "static" and not (self.access_key_id and self.secret_access_key):
+            raise ValueError(
+                "S3 backend requires explicit credentials: set access_key_id and secret_access_key "
+                "(singleton: DGP_BE_AWS_ACCESS_KEY_ID and DGP_BE_AWS_SECRET_ACCESS_KEY), "
+                "or `credentials: chain` for the standard AWS credential chain"
+            )
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint must start with http:// or https://")
+        return self
 
 
 BackendConfig = Annotated[FilesystemBackendConfig | S3BackendConfig, Field(discriminator="type")]
@@ -121,6 +136,8 @@ class StorageConfig(Section):
                 raise ValueError(f"buckets.{bucket}.backend: unknown backend {policy.backend!r}")
         if self.default_backend is not None and self.default_backend not in names:
             raise ValueError(f"default_backend: unknown backend {self.default_backend!r}")
+        if not self.backends:
+            self.singleton_backend()  # the s3: shorthand validates its credentials here
         return self
 
     def singleton_backend(self) -> FilesystemBackendConfig | S3BackendConfig:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deltaglider_proxy.auth.credentials import Credentials
 from deltaglider_proxy.config.load import RuntimeSettings
 from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.policy.public import PublicPrefixes
+from deltaglider_proxy.policy.quotas import QuotaGuard
 from deltaglider_proxy.s3api.http import S3Request
 from deltaglider_proxy.s3api.sigv4 import AuthContext
 
@@ -22,6 +24,12 @@ class Services:
     runtime: RuntimeSettings
     max_object_size: int
     virtual_host_domains: tuple[str, ...] = ("localhost",)
+    public: PublicPrefixes = field(default_factory=lambda: PublicPrefixes({}))
+    quotas: QuotaGuard = field(default_factory=lambda: QuotaGuard({}, _no_usage))
+
+
+async def _no_usage(bucket: str) -> int:
+    return 0
 
 
 @dataclass
@@ -31,6 +39,8 @@ class Call:
     services: Services
     req: S3Request
     auth: AuthContext | None = None
+    # Set for an unsigned request admitted by a public prefix: listings show only these.
+    public_prefixes: tuple[str, ...] | None = None
 
     @property
     def bucket(self) -> str:

@@ -10,6 +10,7 @@ from deltaglider_proxy.engine.multipart import PartProblem, TooManyUploads, Uplo
 from deltaglider_proxy.engine.objects import EntityTooLarge, ObjectMissing
 from deltaglider_proxy.engine.retrieve import IntegrityError, SpoolExhausted
 from deltaglider_proxy.engine.spool import SpoolFull
+from deltaglider_proxy.policy.quotas import BucketFrozen, QuotaExceeded
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.storage import base as storage
 from deltaglider_proxy.storage.metadata import MetadataError
@@ -27,6 +28,9 @@ def to_s3_error(exc: BaseException) -> errors.S3Error:
         return errors.NoSuchKey(resource=str(exc))
     if isinstance(exc, storage.BucketNotFound):
         return errors.NoSuchBucket(resource=str(exc))
+    if isinstance(exc, BucketFrozen | QuotaExceeded):
+        # storage.md §10.7 [Decision]: 403 AccessDenied with upstream's message, never a 500.
+        return errors.AccessDenied(str(exc))
     if isinstance(exc, storage.BucketNotEmpty):
         return errors.BucketNotEmpty()
     if isinstance(exc, storage.BucketAlreadyExists):

@@ -87,6 +87,10 @@ class S3Gateway:
             method=req.method, raw_path=req.raw_path, query_string=req.query_string, headers=req.headers
         )
         if not has_credentials(signed):
+            public = self._public_grant(req)
+            if public is not None:
+                call.public_prefixes = public
+                return call
             if req.has("AWSAccessKeyId") and req.has("Signature"):
                 # A Signature Version 2 presigned URL (boto3's default for presigning without a
                 # signature_version): say which scheme to use rather than a bare AccessDenied.
@@ -99,6 +103,22 @@ class S3Gateway:
             clock_skew_seconds=self.services.runtime.clock_skew_seconds,
         )
         return call
+
+    def _public_grant(self, req: S3Request) -> tuple[str, ...] | None:
+        """The bucket's public prefixes when this unsigned request is a read they admit."""
+        if req.bucket is None or req.method not in ("GET", "HEAD"):
+            return None
+        public = self.services.public
+        subs = [name for name in req.query if name in dispatch.SUBRESOURCES]
+        if req.key is not None:
+            if subs and subs != ["partNumber"]:
+                return None
+            admitted = public.admits_object(req.bucket, req.key)
+        else:
+            if subs:
+                return None  # ?acl, ?uploads, ?location…: never anonymous
+            admitted = public.admits_listing(req.bucket, req.q("prefix") or "")
+        return public.prefixes(req.bucket) if admitted else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

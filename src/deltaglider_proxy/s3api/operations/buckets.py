@@ -48,6 +48,7 @@ async def head_bucket(call: Call) -> Response:
 
 async def delete_bucket(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     open_uploads = call.services.multipart.open_count(call.bucket)
     if open_uploads:
         raise errors.BucketNotEmpty(

@@ -85,6 +85,12 @@ async def list_objects(call: Call) -> Response:
     else:
         cursor = req.q("marker") or ""
     page = await call.services.engine.list(call.bucket, prefix, delimiter or None, cursor, max_keys)
+    objects, common_prefixes = page.objects, page.common_prefixes
+    if call.public_prefixes is not None:
+        # Anonymous listing: only what the public prefixes expose (storage.md §10.5).
+        public = call.services.public
+        objects = [o for o in objects if public.admits_object(call.bucket, o.key)]
+        common_prefixes = [p for p in common_prefixes if public.shows_prefix(call.bucket, p)]
     owner = (not v2) or req.q("fetch-owner") == "true"
     head = [x.el("Name", call.bucket), x.el("Prefix", _enc(prefix, enc))]
     if v2:
@@ -93,7 +99,7 @@ async def list_objects(call: Call) -> Response:
         if enc:
             head.append(x.el("EncodingType", "url"))
         head.append(x.el("MaxKeys", max_keys))
-        head.append(x.el("KeyCount", len(page.objects) + len(page.common_prefixes)))
+        head.append(x.el("KeyCount", len(objects) + len(common_prefixes)))
         head.append(x.el("IsTruncated", page.is_truncated))
         if token is not None:
             head.append(x.el("ContinuationToken", token))
@@ -112,6 +118,6 @@ async def list_objects(call: Call) -> Response:
         if page.is_truncated and page.next_cursor is not None:
             # Only S3 sends NextMarker with a delimiter; sending it always helps v1 clients page.
             head.append(x.el("NextMarker", _enc(page.next_cursor, enc)))
-    contents = [_contents(info, enc, owner) for info in page.objects]
-    prefixes = [x.raw("CommonPrefixes", x.el("Prefix", _enc(p, enc))) for p in page.common_prefixes]
+    contents = [_contents(info, enc, owner) for info in objects]
+    prefixes = [x.raw("CommonPrefixes", x.el("Prefix", _enc(p, enc))) for p in common_prefixes]
     return xml_response(x.document("ListBucketResult", head + contents + prefixes))

@@ -24,6 +24,7 @@ def _upload_id(call: Call) -> str:
 
 async def create_multipart_upload(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     parse_key(call.key)  # refuse a bad key now, not after the parts were uploaded
     algorithm = (call.req.header("x-amz-checksum-algorithm") or "").upper() or None
     if algorithm is not None and algorithm not in ALGORITHMS:
@@ -51,6 +52,7 @@ def _part_number(call: Call) -> int:
 
 async def upload_part(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     number = _part_number(call)
     store = call.services.multipart
     store.parts(_upload_id(call), call.bucket, call.key)
@@ -64,6 +66,7 @@ async def upload_part(call: Call) -> Response:
 
 async def upload_part_copy(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     number = _part_number(call)
     store = call.services.multipart
     store.parts(_upload_id(call), call.bucket, call.key)
@@ -116,9 +119,14 @@ def _parse_complete(data: bytes) -> list[CompletedPart]:
 async def complete_multipart_upload(call: Call) -> Response:
     await require_bucket(call)
     requested = _parse_complete(await read_small(call.req, x.MAX_XML_BODY))
+    _, uploaded = call.services.multipart.parts(_upload_id(call), call.bucket, call.key)
+    sizes = {part.number: part.size for part in uploaded}
+    incoming = sum(sizes.get(part.number, 0) for part in requested)
+    await call.services.quotas.check_write(call.bucket, incoming)
     info, checksums = await call.services.multipart.complete(
         _upload_id(call), call.bucket, call.key, requested
     )
+    call.services.quotas.record_write(call.bucket, info.stored_size)
     body = [
         x.el("Location", f"/{call.bucket}/{call.key}"),
         x.el("Bucket", call.bucket),

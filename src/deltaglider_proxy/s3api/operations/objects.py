@@ -138,9 +138,20 @@ async def get_object(call: Call) -> Response:
     return response
 
 
+def declared_length(call: Call) -> int | None:
+    """The body length the client announced (decoded length for aws-chunked bodies)."""
+    for name in ("x-amz-decoded-content-length", "content-length"):
+        text = call.req.header(name)
+        if text is not None and text.isdigit():
+            return int(text)
+    return None
+
+
 async def put_object(call: Call) -> Response:
     await require_bucket(call)
     services = call.services
+    declared = declared_length(call)
+    await services.quotas.check_write(call.bucket, declared or 0)
     new = new_object_from_request(call.req)
     if (
         call.req.headers.get("if-match")
@@ -153,6 +164,12 @@ async def put_object(call: Call) -> Response:
         except ObjectMissing:
             check_write(call.req.headers, None)
     body = await spool_body(call.req, services.spool, call.auth, services.max_object_size)
+    if declared is None:
+        try:
+            await services.quotas.check_write(call.bucket, body.size)
+        except Exception:
+            body.discard()
+            raise
     checksums = dict(body.checksums)
     new = NewObject(
         content_type=new.content_type,
@@ -161,6 +178,7 @@ async def put_object(call: Call) -> Response:
         checksums=checksums,
     )
     info = await services.engine.put(call.bucket, call.key, body, new)
+    services.quotas.record_write(call.bucket, info.stored_size)
     headers = [("etag", info.etag), ("x-amz-storage-type", info.storage_type)]
     for algorithm, value in checksums.items():
         headers.append((f"x-amz-checksum-{algorithm.lower()}", value))
@@ -169,12 +187,15 @@ async def put_object(call: Call) -> Response:
 
 async def delete_object(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     await call.services.engine.delete(call.bucket, call.key)
+    call.services.quotas.record_delete(call.bucket)
     return Response(status=204)
 
 
 async def delete_objects(call: Call) -> Response:
     await require_bucket(call)
+    call.services.quotas.check_mutation(call.bucket)
     root = x.parse(await read_small(call.req, x.MAX_XML_BODY))
     if x.local(root.tag) != "Delete":
         raise errors.MalformedXML()
@@ -210,6 +231,7 @@ async def delete_objects(call: Call) -> Response:
             continue
         if not quiet:
             deleted.append(x.raw("Deleted", x.el("Key", key) + version_xml))
+    call.services.quotas.record_delete(call.bucket)
     return xml_response(x.document("DeleteResult", deleted + failed))
 
 
@@ -260,6 +282,7 @@ async def copy_object(call: Call) -> Response:
     src_bucket, src_key, info = await copy_source_info(call)
     if info.size > call.services.max_object_size:
         raise errors.EntityTooLarge()
+    await call.services.quotas.check_write(call.bucket, info.size)
     directive = (call.req.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise errors.InvalidArgument("Unknown metadata directive.")
@@ -277,6 +300,7 @@ async def copy_object(call: Call) -> Response:
     body = await spool_object(call, src_bucket, src_key)
     assert isinstance(body, SpooledFile)
     stored = await call.services.engine.put(call.bucket, call.key, body, new)
+    call.services.quotas.record_write(call.bucket, stored.stored_size)
     result = x.el("ETag", stored.etag) + x.el("LastModified", x.iso8601(stored.last_modified))
     return xml_response(x.document("CopyObjectResult", result))
 

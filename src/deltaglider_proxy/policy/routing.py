@@ -1,0 +1,66 @@
+"""The storage a configuration describes: one backend, or named backends behind a router.
+
+Routes and aliases follow storage.md §10.3–§10.4: only buckets with ``backend:`` are routed,
+``alias`` is the real bucket name on that backend, and a singleton deployment has no routing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from deltaglider_proxy.config.model import (
+    FilesystemBackendConfig,
+    NamedFilesystemBackend,
+    NamedS3Backend,
+    S3BackendConfig,
+    StorageConfig,
+)
+from deltaglider_proxy.storage.base import Backend
+from deltaglider_proxy.storage.filesystem import FilesystemBackend
+from deltaglider_proxy.storage.router import BackendRouter, Route
+
+log = logging.getLogger(__name__)
+
+
+def build_one(
+    config: FilesystemBackendConfig | S3BackendConfig | NamedFilesystemBackend | NamedS3Backend,
+) -> Backend:
+    if isinstance(config, FilesystemBackendConfig):
+        return FilesystemBackend(Path(config.path))
+    from deltaglider_proxy.storage.s3 import S3Backend
+
+    return S3Backend(
+        config.endpoint,
+        config.region,
+        config.force_path_style,
+        config.access_key_id,
+        config.secret_access_key,
+        use_credential_chain=config.credentials == "chain",
+    )
+
+
+def routes(storage: StorageConfig) -> dict[str, Route]:
+    table: dict[str, Route] = {}
+    for bucket, policy in storage.buckets.items():
+        if policy.backend is None:
+            if policy.alias is not None:
+                log.warning("buckets.%s.alias is ignored: an alias needs `backend:` as well", bucket)
+            continue
+        table[bucket.lower()] = Route(policy.backend, policy.alias or bucket.lower())
+    return table
+
+
+def build_storage(storage: StorageConfig) -> Backend:
+    """The backend the engine talks to (a router when several backends are configured)."""
+    if not storage.backends:
+        ignored = [b for b, p in storage.buckets.items() if p.backend is not None or p.alias is not None]
+        if ignored:
+            log.warning(
+                "buckets %s set backend/alias, which only apply with `storage.backends`; ignored",
+                ", ".join(sorted(ignored)),
+            )
+        return build_one(storage.singleton_backend())
+    backends = {entry.name: build_one(entry) for entry in storage.backends}
+    default = storage.default_backend or storage.backends[0].name
+    return BackendRouter(backends, default, routes(storage))
