@@ -294,7 +294,8 @@ def from_s3_metadata(meta: Mapping[str, str]) -> FileMetadata | None:
         else None,
         ref_path=ref_path.rsplit("/", 1)[-1] if ref_path else (REFERENCE_NAME if note == "delta" else None),
         ref_sha256=ref_sha,
-        delta_size=int(delta_size_text) if delta_size_text.isdigit() else 0,
+        # Only deltas carry a delta size; None otherwise, as the xattr form reads back.
+        delta_size=(int(delta_size_text) if delta_size_text.isdigit() else 0) if note == "delta" else None,
         delta_cmd=_first(meta, "dg-delta-cmd", "delta-cmd"),
         checksums=checksums,
     )
