@@ -113,7 +113,13 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         virtual_host_domains=domains,
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
+        layout_access=config.advanced.layout_access,
     )
+    if config.advanced.layout_access:
+        log.warning(
+            "layout access is enabled: requests with x-deltaglider-layout: raw read and write stored "
+            "objects (reference.bin, *.delta) directly; only trusted proxies should write here"
+        )
     if config.advanced.delta_encoding == "background":
         engine.background = BackgroundEncoder(engine.deltas, state / "deferred")
         engine.deltas.deferrer = engine.background

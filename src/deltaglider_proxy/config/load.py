@@ -34,6 +34,7 @@ _FLAT_KEYS: dict[str, tuple[str, str]] = {
     "metadata_cache_mb": ("advanced", "metadata_cache_mb"),
     "codec_concurrency": ("advanced", "codec_concurrency"),
     "delta_encoding": ("advanced", "delta_encoding"),
+    "layout_access": ("advanced", "layout_access"),
     "blocking_threads": ("advanced", "blocking_threads"),
     "log_level": ("advanced", "log_level"),
     "config_sync_bucket": ("advanced", "config_sync_bucket"),
@@ -191,6 +192,8 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
     ):
         if env.get(var):
             _set(doc, "advanced", field, env[var])
+    if env.get("DGP_LAYOUT_ACCESS"):
+        _set(doc, "advanced", "layout_access", _truthy(env["DGP_LAYOUT_ACCESS"]))
     if env.get("DGP_TLS_ENABLED"):
         tls = dict(doc.get("advanced", {}).get("tls") or {})
         tls["enabled"] = _truthy(env["DGP_TLS_ENABLED"])

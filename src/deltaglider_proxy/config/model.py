@@ -182,6 +182,11 @@ class AdvancedConfig(Section):
     # "background": a PUT into a deltaspace that has a reference is stored as-is and re-encoded
     # as a delta by a background worker; "inline": encoded before the PUT answers (upstream).
     delta_encoding: Literal["background", "inline"] = "background"
+    # Serve requests carrying ``x-deltaglider-layout: raw`` on stored objects by their backend
+    # names (reference.bin, *.delta, records as x-amz-meta-dg-*): what a proxy chained in front
+    # of this one needs. It bypasses delta encoding and lets callers replace references, so it
+    # is off unless this instance is only written to by trusted proxies.
+    layout_access: bool = False
 
     @field_validator("listen_addr")
     @classmethod

@@ -75,6 +75,18 @@ def parse_key(raw: str) -> ObjectKey:
     return ObjectKey(key=key, prefix=prefix, filename=filename)
 
 
+def check_layout_name(name: str) -> str:
+    """Validate a backend object name addressed verbatim (layout access): the reserved names
+    ``reference.bin`` and ``*.delta`` are allowed, but not what could escape the bucket. The
+    delta of a longest user key is ``.delta`` longer than a key may be, so its name is allowed."""
+    if not name:
+        raise KeyError_("InvalidArgument", "Object key must not be empty")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES + len(DELTA_SUFFIX):
+        raise KeyError_("KeyTooLongError", "Your key is too long")
+    _segments_ok(name)
+    return name
+
+
 def check_list_prefix(prefix: str) -> None:
     if prefix:
         _segments_ok(prefix)

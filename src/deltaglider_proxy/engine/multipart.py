@@ -3,7 +3,8 @@
 Unlike upstream (parts in RAM, lost on restart) an upload's parts and manifest are files, so
 memory stays bounded whatever the upload size and uploads survive a restart. Complete streams
 the listed parts into one spooled file (hashing on the way) and stores it through the engine
-like a single PUT, with the multipart ETag attached.
+like a single PUT, with the multipart ETag attached — or, for an upload started in layout mode,
+writes it verbatim as a stored object with the DeltaGlider record given at Create.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deltaglider_proxy.engine.keys import parse_key
+from deltaglider_proxy.engine.keys import check_layout_name, parse_key
+from deltaglider_proxy.engine.layout import LayoutObject, LayoutRecordMissing
 from deltaglider_proxy.engine.objects import NewObject, ObjectEngine, ObjectInfo
 from deltaglider_proxy.engine.spool import SpooledFile, SpoolWriter
 
@@ -52,6 +55,10 @@ class TooManyUploads(Exception):
     pass
 
 
+class LayoutMismatch(Exception):
+    """Completing a layout-mode upload as a logical object, or the other way round."""
+
+
 @dataclass
 class PartInfo:
     number: int
@@ -77,6 +84,9 @@ class Upload:
     checksum_algorithm: str | None = None
     checksum_type: str | None = None
     last_activity: float = 0.0
+    # Layout mode: the x-amz-meta-* of Create (names without the prefix), the stored object's
+    # record. None for a logical upload (and in manifests written before layout mode existed).
+    layout_metadata: dict[str, str] | None = None
 
     @property
     def initiated_at(self) -> datetime:
@@ -159,7 +169,14 @@ class MultipartStore:
         return upload
 
     async def create(
-        self, bucket: str, key: str, new: NewObject, checksum_algorithm: str | None, checksum_type: str | None
+        self,
+        bucket: str,
+        key: str,
+        new: NewObject,
+        checksum_algorithm: str | None,
+        checksum_type: str | None,
+        *,
+        layout_metadata: Mapping[str, str] | None = None,
     ) -> Upload:
         if len(self._uploads) >= self.max_uploads:
             raise TooManyUploads(f"{len(self._uploads)} uploads open")
@@ -176,6 +193,7 @@ class MultipartStore:
             checksum_algorithm=checksum_algorithm,
             checksum_type=checksum_type,
             last_activity=now,
+            layout_metadata=None if layout_metadata is None else dict(layout_metadata),
         )
         directory = self._dir(upload_id)
 
@@ -273,36 +291,57 @@ class MultipartStore:
             hasher.update(base64.b64decode(part.checksums[algorithm]))
         return {algorithm: f"{hasher.b64digest()}-{len(parts)}"}
 
-    async def complete(
-        self, upload_id: str, bucket: str, key: str, requested: list[CompletedPart]
-    ) -> tuple[ObjectInfo, dict[str, str]]:
+    @asynccontextmanager
+    async def _completing_upload(
+        self, upload_id: str, bucket: str, key: str, *, layout: bool
+    ) -> AsyncIterator[Upload]:
         upload = self._get(upload_id, bucket, key)
         if upload_id in self._completing:
             raise UploadBusy("Upload is already being completed")
+        if (upload.layout_metadata is not None) != layout:
+            raise LayoutMismatch(
+                "This upload was started in layout mode; complete it in layout mode"
+                if upload.layout_metadata is not None
+                else "This upload was not started in layout mode"
+            )
         self._completing.add(upload_id)
         try:
-            parts = self._validate(upload_id, requested)
-            total = sum(p.size for p in parts)
-            if total > self.engine.max_object_size:
-                raise PartProblem(
-                    "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size."
-                )
+            yield upload
+        finally:
+            self._completing.discard(upload_id)
+
+    async def _assemble(
+        self, upload: Upload, requested: list[CompletedPart]
+    ) -> tuple[SpooledFile, dict[str, str], str]:
+        """The listed parts as one spooled file, with its checksums and multipart ETag."""
+        parts = self._validate(upload.upload_id, requested)
+        total = sum(p.size for p in parts)
+        if total > self.engine.max_object_size:
+            raise PartProblem(
+                "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size."
+            )
+        full_object = upload.checksum_type == "FULL_OBJECT" and upload.checksum_algorithm is not None
+        extra = []
+        if full_object and self.checksum_factory is not None and upload.checksum_algorithm:
+            extra.append((upload.checksum_algorithm, self.checksum_factory(upload.checksum_algorithm)))
+        writer = self.engine.spool.writer(total, extra)
+        try:
+            directory = self._dir(upload.upload_id)
+            for part in parts:
+                await self._append(writer, directory / f"part-{part.number:05d}")
+            body = await writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        checksums = body.checksums if full_object else self._composite_checksum(upload, parts)
+        return body, checksums, multipart_etag([p.md5_hex for p in parts])
+
+    async def complete(
+        self, upload_id: str, bucket: str, key: str, requested: list[CompletedPart]
+    ) -> tuple[ObjectInfo, dict[str, str]]:
+        async with self._completing_upload(upload_id, bucket, key, layout=False) as upload:
             parse_key(key)
-            full_object = upload.checksum_type == "FULL_OBJECT" and upload.checksum_algorithm is not None
-            extra = []
-            if full_object and self.checksum_factory is not None and upload.checksum_algorithm:
-                extra.append((upload.checksum_algorithm, self.checksum_factory(upload.checksum_algorithm)))
-            writer = self.engine.spool.writer(total, extra)
-            try:
-                directory = self._dir(upload_id)
-                for part in parts:
-                    await self._append(writer, directory / f"part-{part.number:05d}")
-                body = await writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            checksums = body.checksums if full_object else self._composite_checksum(upload, parts)
-            etag = multipart_etag([p.md5_hex for p in parts])
+            body, checksums, etag = await self._assemble(upload, requested)
             new = NewObject(
                 content_type=upload.content_type,
                 user_metadata=upload.user_metadata,
@@ -313,8 +352,21 @@ class MultipartStore:
             info = await self.engine.put(bucket, key, body, new)
             await self._forget(upload_id)
             return info, checksums
-        finally:
-            self._completing.discard(upload_id)
+
+    async def complete_layout(
+        self, upload_id: str, bucket: str, key: str, requested: list[CompletedPart]
+    ) -> tuple[LayoutObject, str, dict[str, str]]:
+        """Complete a layout-mode upload: the parts become the stored object ``key`` verbatim.
+        Returns the object, the multipart ETag and the checksums."""
+        async with self._completing_upload(upload_id, bucket, key, layout=True) as upload:
+            check_layout_name(key)
+            record = self.engine.layout.parse_record(key, upload.layout_metadata or {})
+            if record is None:
+                raise LayoutRecordMissing()
+            body, checksums, etag = await self._assemble(upload, requested)
+            stored = await self.engine.layout.write(bucket, key, body, record)
+            await self._forget(upload_id)
+            return stored, etag, checksums
 
     async def _append(self, writer: SpoolWriter, path: Path) -> None:
         handle = await asyncio.to_thread(path.open, "rb")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import CompressionPolicies
 from deltaglider_proxy.engine.keys import ObjectKey, check_list_prefix, parse_key
+from deltaglider_proxy.engine.layout import LayoutAccess
 from deltaglider_proxy.engine.locks import DeltaspaceLocks
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.retrieve import DecodedFile, DeltaRetriever, IntegrityError
@@ -156,6 +157,8 @@ class ObjectEngine:
         self.locks = DeltaspaceLocks()
         self.deltas = DeltaStore(backend, spool, codec, references, policies, self.locks)
         self.retriever = DeltaRetriever(backend, spool, codec, references, self.deltas)
+        # Stored objects by their backend names, for a proxy chained in front of this one.
+        self.layout = LayoutAccess(backend, references=references, locks=self.locks)
         # Set by the application when delta encoding runs in the background.
         self.background: BackgroundEncoder | None = None
         # Outcome of every PUT by decision and reason, for metrics and the stats endpoint.

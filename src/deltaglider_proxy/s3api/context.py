@@ -26,6 +26,8 @@ class Services:
     virtual_host_domains: tuple[str, ...] = ("localhost",)
     public: PublicPrefixes = field(default_factory=lambda: PublicPrefixes({}))
     quotas: QuotaGuard = field(default_factory=lambda: QuotaGuard({}, _no_usage))
+    # advanced.layout_access: honour x-deltaglider-layout: raw (s3api/operations/layout.py).
+    layout_access: bool = False
 
 
 async def _no_usage(bucket: str) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api.context import Call
 from deltaglider_proxy.s3api.http import Response
-from deltaglider_proxy.s3api.operations import buckets, listing, multipart, objects
+from deltaglider_proxy.s3api.operations import buckets, layout, listing, multipart, objects
 
 Operation = Callable[[Call], Awaitable[Response]]
 
@@ -85,7 +85,30 @@ async def _method_not_allowed(call: Call) -> Response:
     raise errors.MethodNotAllowed()
 
 
+# Layout mode (x-deltaglider-layout: raw) swaps these for their stored-object forms; every
+# other operation is the same in both modes.
+LAYOUT_OPERATIONS: dict[Operation, Operation] = {
+    objects.get_object: layout.layout_get_object,
+    objects.head_object: layout.layout_head_object,
+    objects.put_object: layout.layout_put_object,
+    objects.delete_object: layout.layout_delete_object,
+    objects.delete_objects: layout.layout_delete_objects,
+    objects.copy_object: layout.layout_copy_object,
+    multipart.upload_part_copy: layout.layout_upload_part_copy,
+    multipart.create_multipart_upload: layout.layout_create_multipart_upload,
+    multipart.complete_multipart_upload: layout.layout_complete_multipart_upload,
+    listing.list_objects: layout.layout_list_objects,
+}
+
+
 def resolve(call: Call) -> Operation:
+    operation = _resolve(call)
+    if layout.wants_layout(call):
+        return LAYOUT_OPERATIONS.get(operation, operation)
+    return operation
+
+
+def _resolve(call: Call) -> Operation:
     req = call.req
     method = req.method
     subs = [name for name in req.query if name in SUBRESOURCES]

@@ -6,7 +6,14 @@ import logging
 
 from deltaglider_proxy.engine.codec import CodecBusy, CodecFailed
 from deltaglider_proxy.engine.keys import KeyError_
-from deltaglider_proxy.engine.multipart import PartProblem, TooManyUploads, UploadBusy, UploadNotFound
+from deltaglider_proxy.engine.layout import LayoutRecordMissing
+from deltaglider_proxy.engine.multipart import (
+    LayoutMismatch,
+    PartProblem,
+    TooManyUploads,
+    UploadBusy,
+    UploadNotFound,
+)
 from deltaglider_proxy.engine.objects import EntityTooLarge, ObjectMissing
 from deltaglider_proxy.engine.retrieve import IntegrityError, SpoolExhausted
 from deltaglider_proxy.engine.spool import SpoolFull
@@ -37,8 +44,13 @@ def to_s3_error(exc: BaseException) -> errors.S3Error:
         return errors.BucketAlreadyExists()
     if isinstance(exc, UploadNotFound):
         return errors.NoSuchUpload(resource=str(exc))
-    if isinstance(exc, UploadBusy):
+    if isinstance(exc, UploadBusy | LayoutMismatch):
         return errors.InvalidRequest(str(exc))
+    if isinstance(exc, LayoutRecordMissing):
+        return errors.InvalidArgument(str(exc))
+    if isinstance(exc, storage.ObjectExists):
+        # A create-only write (If-None-Match: *) found the object already there.
+        return errors.PreconditionFailed()
     if isinstance(exc, PartProblem):
         return errors.S3Error(exc.code, 413 if exc.code == "EntityTooLarge" else 400, str(exc))
     if isinstance(exc, TooManyUploads):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from deltaglider_proxy.engine.objects import ObjectInfo
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.context import Call
@@ -23,6 +26,7 @@ SINGLE_VALUED = (
     "fetch-owner",
 )
 MAX_KEYS = 1000
+L = TypeVar("L", bound="Listed")
 
 
 def _max_keys(call: Call) -> int:
@@ -49,7 +53,33 @@ def decode_token(token: str) -> str:
         raise errors.InvalidArgument("The continuation token provided is incorrect") from None
 
 
-def _contents(info: ObjectInfo, enc: bool, owner: bool) -> str:
+class Listed(Protocol):
+    """What a listing shows of one object (a logical ObjectInfo or a stored LayoutObject)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def last_modified(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    v2: bool
+    prefix: str
+    delimiter: str
+    max_keys: int
+    cursor: str  # entries strictly after it are listed
+    token: str | None
+    start_after: str | None
+    encode: bool  # encoding-type=url
+    owner: bool
+
+
+def _contents(info: Listed, enc: bool, owner: bool) -> str:
     parts = [
         x.el("Key", _enc(info.key, enc)),
         x.el("LastModified", x.iso8601(info.last_modified)),
@@ -66,7 +96,7 @@ def _enc(value: str, enc: bool) -> str:
     return quote(value, safe="/") if enc else value
 
 
-async def list_objects(call: Call) -> Response:
+def parse_list_request(call: Call) -> ListRequest:
     req = call.req
     for name in SINGLE_VALUED:
         if len(req.query.get(name, [])) > 1:
@@ -74,50 +104,81 @@ async def list_objects(call: Call) -> Response:
     encoding = req.q("encoding-type")
     if encoding is not None and encoding != "url":
         raise errors.InvalidArgument("Invalid Encoding Method specified in Request")
-    enc = encoding == "url"
     v2 = req.q("list-type") == "2"
-    prefix = req.q("prefix") or ""
-    delimiter = req.q("delimiter") or ""
-    max_keys = _max_keys(call)
     token = req.q("continuation-token")
     if v2:
         cursor = decode_token(token) if token is not None else req.q("start-after") or ""
     else:
         cursor = req.q("marker") or ""
-    page = await call.services.engine.list(call.bucket, prefix, delimiter or None, cursor, max_keys)
-    objects, common_prefixes = page.objects, page.common_prefixes
-    if call.public_prefixes is not None:
-        # Anonymous listing: only what the public prefixes expose (storage.md §10.5).
-        public = call.services.public
-        objects = [o for o in objects if public.admits_object(call.bucket, o.key)]
-        common_prefixes = [p for p in common_prefixes if public.shows_prefix(call.bucket, p)]
-    owner = (not v2) or req.q("fetch-owner") == "true"
-    head = [x.el("Name", call.bucket), x.el("Prefix", _enc(prefix, enc))]
-    if v2:
-        if delimiter:
-            head.append(x.el("Delimiter", _enc(delimiter, enc)))
+    return ListRequest(
+        v2=v2,
+        prefix=req.q("prefix") or "",
+        delimiter=req.q("delimiter") or "",
+        max_keys=_max_keys(call),
+        cursor=cursor,
+        token=token,
+        start_after=req.q("start-after"),
+        encode=encoding == "url",
+        owner=(not v2) or req.q("fetch-owner") == "true",
+    )
+
+
+def visible(call: Call, objects: Sequence[L], common_prefixes: Sequence[str]) -> tuple[list[L], list[str]]:
+    """What the caller may see: for an anonymous listing only what the public prefixes expose
+    (storage.md §10.5)."""
+    if call.public_prefixes is None:
+        return list(objects), list(common_prefixes)
+    public = call.services.public
+    return (
+        [o for o in objects if public.admits_object(call.bucket, o.key)],
+        [p for p in common_prefixes if public.shows_prefix(call.bucket, p)],
+    )
+
+
+def render_listing(
+    call: Call,
+    request: ListRequest,
+    objects: Sequence[Listed],
+    common_prefixes: Sequence[str],
+    is_truncated: bool,
+    next_cursor: str | None,
+) -> Response:
+    enc = request.encode
+    head = [x.el("Name", call.bucket), x.el("Prefix", _enc(request.prefix, enc))]
+    if request.v2:
+        if request.delimiter:
+            head.append(x.el("Delimiter", _enc(request.delimiter, enc)))
         if enc:
             head.append(x.el("EncodingType", "url"))
-        head.append(x.el("MaxKeys", max_keys))
+        head.append(x.el("MaxKeys", request.max_keys))
         head.append(x.el("KeyCount", len(objects) + len(common_prefixes)))
-        head.append(x.el("IsTruncated", page.is_truncated))
-        if token is not None:
-            head.append(x.el("ContinuationToken", token))
-        if page.is_truncated and page.next_cursor is not None:
-            head.append(x.el("NextContinuationToken", encode_token(page.next_cursor)))
-        if req.q("start-after") is not None:
-            head.append(x.el("StartAfter", _enc(req.q("start-after") or "", enc)))
+        head.append(x.el("IsTruncated", is_truncated))
+        if request.token is not None:
+            head.append(x.el("ContinuationToken", request.token))
+        if is_truncated and next_cursor is not None:
+            head.append(x.el("NextContinuationToken", encode_token(next_cursor)))
+        if request.start_after is not None:
+            head.append(x.el("StartAfter", _enc(request.start_after, enc)))
     else:
-        head.append(x.el("Marker", _enc(cursor, enc)))
-        if delimiter:
-            head.append(x.el("Delimiter", _enc(delimiter, enc)))
+        head.append(x.el("Marker", _enc(request.cursor, enc)))
+        if request.delimiter:
+            head.append(x.el("Delimiter", _enc(request.delimiter, enc)))
         if enc:
             head.append(x.el("EncodingType", "url"))
-        head.append(x.el("MaxKeys", max_keys))
-        head.append(x.el("IsTruncated", page.is_truncated))
-        if page.is_truncated and page.next_cursor is not None:
+        head.append(x.el("MaxKeys", request.max_keys))
+        head.append(x.el("IsTruncated", is_truncated))
+        if is_truncated and next_cursor is not None:
             # Only S3 sends NextMarker with a delimiter; sending it always helps v1 clients page.
-            head.append(x.el("NextMarker", _enc(page.next_cursor, enc)))
-    contents = [_contents(info, enc, owner) for info in objects]
+            head.append(x.el("NextMarker", _enc(next_cursor, enc)))
+    contents = [_contents(info, enc, request.owner) for info in objects]
     prefixes = [x.raw("CommonPrefixes", x.el("Prefix", _enc(p, enc))) for p in common_prefixes]
     return xml_response(x.document("ListBucketResult", head + contents + prefixes))
+
+
+async def list_objects(call: Call) -> Response:
+    request = parse_list_request(call)
+    page = await call.services.engine.list(
+        call.bucket, request.prefix, request.delimiter or None, request.cursor, request.max_keys
+    )
+    objects, common_prefixes = visible(call, page.objects, page.common_prefixes)
+    return render_listing(call, request, objects, common_prefixes, page.is_truncated, page.next_cursor)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from deltaglider_proxy.engine.keys import parse_key
 from deltaglider_proxy.engine.multipart import MAX_PART_NUMBER, CompletedPart
+from deltaglider_proxy.engine.objects import NewObject
 from deltaglider_proxy.engine.spool import SpooledFile
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api import xml as x
@@ -18,7 +19,7 @@ from deltaglider_proxy.s3api.operations.buckets import require_bucket
 from deltaglider_proxy.s3api.operations.objects import copy_source_info, new_object_from_request, spool_object
 
 
-def _upload_id(call: Call) -> str:
+def upload_id(call: Call) -> str:
     return call.req.q("uploadId") or ""
 
 
@@ -26,6 +27,11 @@ async def create_multipart_upload(call: Call) -> Response:
     await require_bucket(call)
     call.services.quotas.check_mutation(call.bucket)
     parse_key(call.key)  # refuse a bad key now, not after the parts were uploaded
+    return await start_upload(call, new_object_from_request(call.req))
+
+
+async def start_upload(call: Call, new: NewObject, layout_metadata: dict[str, str] | None = None) -> Response:
+    """Create the upload (the key and policy already checked) and answer with its id."""
     algorithm = (call.req.header("x-amz-checksum-algorithm") or "").upper() or None
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise errors.InvalidRequest(f"Checksum algorithm {algorithm} is not supported")
@@ -33,7 +39,7 @@ async def create_multipart_upload(call: Call) -> Response:
     if checksum_type not in (None, "COMPOSITE", "FULL_OBJECT"):
         raise errors.InvalidRequest("x-amz-checksum-type must be COMPOSITE or FULL_OBJECT")
     upload = await call.services.multipart.create(
-        call.bucket, call.key, new_object_from_request(call.req), algorithm, checksum_type
+        call.bucket, call.key, new, algorithm, checksum_type, layout_metadata=layout_metadata
     )
     body = x.el("Bucket", call.bucket) + x.el("Key", call.key) + x.el("UploadId", upload.upload_id)
     response = xml_response(x.document("InitiateMultipartUploadResult", body))
@@ -43,7 +49,7 @@ async def create_multipart_upload(call: Call) -> Response:
     return response
 
 
-def _part_number(call: Call) -> int:
+def part_number(call: Call) -> int:
     text = call.req.q("partNumber") or ""
     if not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
         raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive")
@@ -53,11 +59,11 @@ def _part_number(call: Call) -> int:
 async def upload_part(call: Call) -> Response:
     await require_bucket(call)
     call.services.quotas.check_mutation(call.bucket)
-    number = _part_number(call)
+    number = part_number(call)
     store = call.services.multipart
-    store.parts(_upload_id(call), call.bucket, call.key)
+    store.parts(upload_id(call), call.bucket, call.key)
     body = await spool_body(call.req, call.services.spool, call.auth, call.services.max_object_size)
-    part = await store.upload_part(_upload_id(call), call.bucket, call.key, number, body)
+    part = await store.upload_part(upload_id(call), call.bucket, call.key, number, body)
     response = Response(status=200, headers=[("etag", part.etag)])
     for algorithm, value in part.checksums.items():
         response.set(f"x-amz-checksum-{algorithm.lower()}", value)
@@ -67,31 +73,36 @@ async def upload_part(call: Call) -> Response:
 async def upload_part_copy(call: Call) -> Response:
     await require_bucket(call)
     call.services.quotas.check_mutation(call.bucket)
-    number = _part_number(call)
+    number = part_number(call)
     store = call.services.multipart
-    store.parts(_upload_id(call), call.bucket, call.key)
+    store.parts(upload_id(call), call.bucket, call.key)
     src_bucket, src_key, info = await copy_source_info(call)
-    start, end = 0, info.size
-    range_header = call.req.header("x-amz-copy-source-range")
-    if range_header is not None:
-        if not range_header.startswith("bytes=") or "-" not in range_header:
-            raise errors.InvalidArgument(
-                "The x-amz-copy-source-range value must be of the form bytes=first-last"
-            )
-        first_text, _, last_text = range_header[6:].partition("-")
-        if not first_text.isdigit() or not last_text.isdigit():
-            raise errors.InvalidArgument(
-                "The x-amz-copy-source-range value must be of the form bytes=first-last"
-            )
-        first, last = int(first_text), int(last_text)
-        if first > last or last >= info.size:
-            raise errors.InvalidRange()
-        span = parse_range(f"bytes={first}-{last}", info.size)
-        assert span is not None
-        start, end = span[0], span[1] + 1
+    start, end = copy_range(call, info.size)
     body = await spool_object(call, src_bucket, src_key, start, end)
     assert isinstance(body, SpooledFile)
-    part = await store.upload_part(_upload_id(call), call.bucket, call.key, number, body)
+    return await copied_part(call, number, body)
+
+
+def copy_range(call: Call, size: int) -> tuple[int, int]:
+    """The [start, end) slice x-amz-copy-source-range asks of a source of ``size`` bytes."""
+    range_header = call.req.header("x-amz-copy-source-range")
+    if range_header is None:
+        return 0, size
+    if not range_header.startswith("bytes=") or "-" not in range_header:
+        raise errors.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last")
+    first_text, _, last_text = range_header[6:].partition("-")
+    if not first_text.isdigit() or not last_text.isdigit():
+        raise errors.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last")
+    first, last = int(first_text), int(last_text)
+    if first > last or last >= size:
+        raise errors.InvalidRange()
+    span = parse_range(f"bytes={first}-{last}", size)
+    assert span is not None
+    return span[0], span[1] + 1
+
+
+async def copied_part(call: Call, number: int, body: SpooledFile) -> Response:
+    part = await call.services.multipart.upload_part(upload_id(call), call.bucket, call.key, number, body)
     modified = datetime.fromtimestamp(part.last_modified, UTC)
     result = x.el("ETag", part.etag) + x.el("LastModified", x.iso8601(modified))
     return xml_response(x.document("CopyPartResult", result))
@@ -116,22 +127,23 @@ def _parse_complete(data: bytes) -> list[CompletedPart]:
     return parts
 
 
-async def complete_multipart_upload(call: Call) -> Response:
+async def requested_parts(call: Call) -> list[CompletedPart]:
+    """Complete's part list, once the bucket exists and the quota admits the assembled size."""
     await require_bucket(call)
     requested = _parse_complete(await read_small(call.req, x.MAX_XML_BODY))
-    _, uploaded = call.services.multipart.parts(_upload_id(call), call.bucket, call.key)
+    _, uploaded = call.services.multipart.parts(upload_id(call), call.bucket, call.key)
     sizes = {part.number: part.size for part in uploaded}
     incoming = sum(sizes.get(part.number, 0) for part in requested)
     await call.services.quotas.check_write(call.bucket, incoming)
-    info, checksums = await call.services.multipart.complete(
-        _upload_id(call), call.bucket, call.key, requested
-    )
-    call.services.quotas.record_write(call.bucket, info.stored_size)
+    return requested
+
+
+def completed(call: Call, etag: str, checksums: dict[str, str]) -> Response:
     body = [
         x.el("Location", f"/{call.bucket}/{call.key}"),
         x.el("Bucket", call.bucket),
         x.el("Key", call.key),
-        x.el("ETag", info.etag),
+        x.el("ETag", etag),
     ]
     for algorithm, value in checksums.items():
         body.append(x.el("Checksum" + algorithm, value))
@@ -139,14 +151,23 @@ async def complete_multipart_upload(call: Call) -> Response:
         body.append(
             x.el("ChecksumType", "COMPOSITE" if any("-" in v for v in checksums.values()) else "FULL_OBJECT")
         )
-    response = xml_response(x.document("CompleteMultipartUploadResult", body))
+    return xml_response(x.document("CompleteMultipartUploadResult", body))
+
+
+async def complete_multipart_upload(call: Call) -> Response:
+    requested = await requested_parts(call)
+    info, checksums = await call.services.multipart.complete(
+        upload_id(call), call.bucket, call.key, requested
+    )
+    call.services.quotas.record_write(call.bucket, info.stored_size)
+    response = completed(call, info.etag, checksums)
     response.set("x-amz-storage-type", info.storage_type)
     return response
 
 
 async def abort_multipart_upload(call: Call) -> Response:
     await require_bucket(call)
-    await call.services.multipart.abort(_upload_id(call), call.bucket, call.key)
+    await call.services.multipart.abort(upload_id(call), call.bucket, call.key)
     return Response(status=204)
 
 
@@ -161,7 +182,7 @@ def _bounded(call: Call, name: str, default: int = 1000) -> int:
 
 async def list_parts(call: Call) -> Response:
     await require_bucket(call)
-    upload, parts = call.services.multipart.parts(_upload_id(call), call.bucket, call.key)
+    upload, parts = call.services.multipart.parts(upload_id(call), call.bucket, call.key)
     marker_text = call.req.q("part-number-marker") or "0"
     marker = int(marker_text) if marker_text.isdigit() else 0
     max_parts = _bounded(call, "max-parts")

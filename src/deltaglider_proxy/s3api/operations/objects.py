@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import unquote
 
 from deltaglider_proxy.engine.objects import NewObject, ObjectInfo, ObjectMissing
+from deltaglider_proxy.engine.spool import SpooledFile
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.body import read_small, spool_body
@@ -194,6 +195,11 @@ async def delete_object(call: Call) -> Response:
 
 
 async def delete_objects(call: Call) -> Response:
+    return await delete_many(call, call.services.engine.delete)
+
+
+async def delete_many(call: Call, delete: Callable[[str, str], Awaitable[object]]) -> Response:
+    """DeleteObjects with ``delete(bucket, key)`` removing one key."""
     await require_bucket(call)
     call.services.quotas.check_mutation(call.bucket)
     root = x.parse(await read_small(call.req, x.MAX_XML_BODY))
@@ -214,7 +220,7 @@ async def delete_objects(call: Call) -> Response:
         version = x.child_text(obj, "VersionId")
         version_xml = x.el("VersionId", version) if version is not None else ""
         try:
-            await call.services.engine.delete(call.bucket, key)
+            await delete(call.bucket, key)
         except Exception as exc:  # noqa: BLE001 - reported per key, as S3 does
             from deltaglider_proxy.s3api.errormap import to_s3_error
 
@@ -267,7 +273,11 @@ async def copy_source_info(call: Call) -> tuple[str, str, ObjectInfo]:
 async def spool_object(call: Call, bucket: str, key: str, start: int = 0, end: int | None = None) -> object:
     """Copy (a slice of) a stored object into a fresh spool file, hashing on the way."""
     _, stream = await call.services.engine.open(bucket, key, start, end)
-    writer = call.services.spool.writer((end or 0) - start if end is not None else None)
+    return await spool_stream(call, stream, (end or 0) - start if end is not None else None)
+
+
+async def spool_stream(call: Call, stream: AsyncIterator[bytes], size: int | None) -> SpooledFile:
+    writer = call.services.spool.writer(size)
     try:
         async for chunk in stream:
             await writer.write(chunk)
@@ -295,8 +305,6 @@ async def copy_object(call: Call) -> Response:
         )
     else:
         new = new_object_from_request(call.req)
-    from deltaglider_proxy.engine.spool import SpooledFile
-
     body = await spool_object(call, src_bucket, src_key)
     assert isinstance(body, SpooledFile)
     stored = await call.services.engine.put(call.bucket, call.key, body, new)
