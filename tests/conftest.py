@@ -11,15 +11,49 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.support.backends import KINDS, BackendUnderTest, StoredLayout, start_backend, started_proxy
 from tests.support.server import ACCESS_KEY, SECRET_KEY, ProxyServer
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "filesystem_only: inspects the filesystem backend's files; not repeated on S3 backends"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the shared proxy runs once per backend kind (filesystem, moto, proxy)."""
+    if "backend_kind" not in metafunc.fixturenames:
+        return
+    only_fs = metafunc.definition.get_closest_marker("filesystem_only") is not None
+    if "data_dir" in metafunc.fixturenames:
+        only_fs = True
+    kinds = ["filesystem"] if only_fs else list(KINDS)
+    metafunc.parametrize("backend_kind", kinds, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
-    root = tmp_path_factory.mktemp("proxy")
-    server = ProxyServer(data_dir=root / "data").start()
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def backend(backend_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendUnderTest]:
+    running = start_backend(backend_kind, tmp_path_factory.mktemp(f"backend-{backend_kind}"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(backend: BackendUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    server = started_proxy(backend, tmp_path_factory.mktemp("proxy"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def layout(backend: BackendUnderTest, proxy: ProxyServer) -> StoredLayout:
+    return backend.layout(proxy)
 
 
 def make_client(endpoint: str, **config: Any) -> Any:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
-import os
 import random
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,21 +18,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_client
+from tests.support.backends import BackendUnderTest, FilesystemLayout, S3Layout, StoredLayout, started_proxy
 from tests.support.server import ProxyServer
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def dproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+def dproxy(backend: BackendUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     root = tmp_path_factory.mktemp("delta")
     config = root / "config.yaml"
     config.write_text("storage:\n  buckets:\n    plain:\n      compression: false\n")
-    server = ProxyServer(
-        data_dir=root / "data",
+    server = started_proxy(
+        backend,
+        root,
         env={"DGP_DEBUG_HEADERS": "true", "DGP_DELTA_ENCODING": "inline"},
         args=["--config", str(config)],
-    ).start()
+    )
     yield server
     server.stop()
 
@@ -45,20 +44,16 @@ def ds3(dproxy: ProxyServer) -> Any:
     return make_client(dproxy.endpoint)
 
 
+@pytest.fixture(scope="module")
+def stored(backend: BackendUnderTest, dproxy: ProxyServer) -> StoredLayout:
+    return backend.layout(dproxy)
+
+
 @pytest.fixture
 def dbucket(ds3: Any, request: pytest.FixtureRequest) -> str:
     name = "d-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
     ds3.create_bucket(Bucket=name)
     return name
-
-
-def space(proxy: ProxyServer, bucket: str, prefix: str = "") -> Path:
-    path = proxy.data_dir / bucket / "deltaspaces"
-    return path / prefix if prefix else path
-
-
-def xattr_record(path: Path) -> dict[str, Any]:
-    return dict(json.loads(os.getxattr(path, "user.dg.metadata")))
 
 
 def edited(base: bytes, rng: random.Random, edits: int = 5) -> bytes:
@@ -88,7 +83,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_versions_become_deltas_against_one_reference(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_versions_become_deltas_against_one_reference(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     rng = random.Random(1)
     base = rng.randbytes(2 * MIB)
     versions = [base]
@@ -100,11 +95,9 @@ def test_versions_become_deltas_against_one_reference(dproxy: ProxyServer, ds3: 
         assert sha(got) == sha(body)
         kinds.append(kind)
     assert kinds == ["delta"] * len(versions)
-    directory = space(dproxy, dbucket, "rel")
-    names = sorted(p.name for p in directory.iterdir())
+    names = stored.names(dbucket, "rel")
     assert names == sorted(["reference.bin", *(f"app-{n}.zip.delta" for n in range(len(versions)))])
-    stored = sum(p.stat().st_size for p in directory.iterdir())
-    assert stored < len(base) + 200_000  # one full copy plus small deltas
+    assert stored.stored_bytes(dbucket, "rel") < len(base) + 200_000  # one full copy plus small deltas
     listing = ds3.list_objects_v2(Bucket=dbucket, Prefix="rel/")["Contents"]
     assert [(o["Key"], o["Size"]) for o in listing] == [
         (f"rel/app-{n}.zip", len(v)) for n, v in enumerate(versions)
@@ -149,7 +142,7 @@ def test_large_object_round_trip(ds3: Any, dbucket: str) -> None:
     assert middle["Body"].read() == b"inserted" * 1000
 
 
-def test_concurrent_puts_into_an_empty_deltaspace(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_concurrent_puts_into_an_empty_deltaspace(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     rng = random.Random(16)
     base = rng.randbytes(MIB)
     versions = [edited(base, rng) for _ in range(16)]
@@ -161,24 +154,21 @@ def test_concurrent_puts_into_an_empty_deltaspace(dproxy: ProxyServer, ds3: Any,
         list(pool.map(put, range(16)))
     for number, body in enumerate(versions):
         assert sha(ds3.get_object(Bucket=dbucket, Key=f"race/v{number}.zip")["Body"].read()) == sha(body)
-    directory = space(dproxy, dbucket, "race")
-    assert [p.name for p in directory.iterdir()].count("reference.bin") == 1
-    assert len(list(directory.glob("*.delta"))) == 16
+    names = stored.names(dbucket, "race")
+    assert names.count("reference.bin") == 1
+    assert len([n for n in names if n.endswith(".delta")]) == 16
 
 
 @pytest.mark.parametrize("victim", ["delta", "reference"])
-def test_corruption_is_never_served(dproxy: ProxyServer, ds3: Any, dbucket: str, victim: str) -> None:
+def test_corruption_is_never_served(
+    dproxy: ProxyServer, stored: StoredLayout, ds3: Any, dbucket: str, victim: str
+) -> None:
     rng = random.Random(3)
     base = rng.randbytes(MIB)
     ds3.put_object(Bucket=dbucket, Key="c/one.zip", Body=base)
     version = edited(base, rng)
     ds3.put_object(Bucket=dbucket, Key="c/two.zip", Body=version)
-    path = space(dproxy, dbucket, "c") / ("two.zip.delta" if victim == "delta" else "reference.bin")
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    attrs = os.getxattr(path, "user.dg.metadata")
-    path.write_bytes(bytes(data))
-    os.setxattr(path, "user.dg.metadata", attrs)
+    stored.corrupt(dbucket, "c/two.zip.delta" if victim == "delta" else "c/reference.bin")
     if victim == "reference":
         # The cache still holds the verified copy it took when the reference was written: the
         # object is still served, correctly. A restart empties the cache.
@@ -193,13 +183,16 @@ def test_corruption_is_never_served(dproxy: ProxyServer, ds3: Any, dbucket: str,
     assert "failed verification" in dproxy.log()
 
 
-def test_metadata_records_field_by_field(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_metadata_records_field_by_field(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     body = random.Random(5).randbytes(300_000)
     ds3.put_object(
         Bucket=dbucket, Key="m/rel.tar", Body=body, ContentType="application/x-tar", Metadata={"build": "42"}
     )
-    directory = space(dproxy, dbucket, "m")
-    ref = xattr_record(directory / "reference.bin")
+    if isinstance(stored, S3Layout):
+        check_s3_metadata(stored, dbucket, body)
+        return
+    assert isinstance(stored, FilesystemLayout)
+    ref = stored.record(dbucket, "m/reference.bin")
     assert list(ref) == [
         "tool",
         "original_name",
@@ -217,7 +210,7 @@ def test_metadata_records_field_by_field(dproxy: ProxyServer, ds3: Any, dbucket:
     assert ref["file_sha256"] == sha(body) and ref["file_size"] == len(body)
     assert ref["md5"] == hashlib.md5(body).hexdigest()
     assert ref["created_at"].endswith("Z")
-    delta = xattr_record(directory / "rel.tar.delta")
+    delta = stored.record(dbucket, "m/rel.tar.delta")
     assert list(delta) == [
         "tool",
         "original_name",
@@ -236,7 +229,7 @@ def test_metadata_records_field_by_field(dproxy: ProxyServer, ds3: Any, dbucket:
     assert delta["original_name"] == "rel.tar"
     assert delta["note"] == "delta" and delta["ref_path"] == "reference.bin"
     assert delta["ref_sha256"] == ref["file_sha256"]
-    assert delta["delta_size"] == (directory / "rel.tar.delta").stat().st_size
+    assert delta["delta_size"] == len(stored.read(dbucket, "m/rel.tar.delta"))
     assert delta["delta_cmd"] == "xdelta3 -e -9 -s reference.bin rel.tar rel.tar.delta"
     # boto3 sends a CRC32 by default; it is kept (under a dg- name clients never see) to answer
     # x-amz-checksum-mode.
@@ -246,26 +239,25 @@ def test_metadata_records_field_by_field(dproxy: ProxyServer, ds3: Any, dbucket:
     }
     assert delta["content_type"] == "application/x-tar"
     # The stored delta is a standard VCDIFF stream: magic bytes 0xD6 0xC3 0xC4.
-    assert (directory / "rel.tar.delta").read_bytes()[:3] == b"\xd6\xc3\xc4"
+    assert stored.read(dbucket, "m/rel.tar.delta")[:3] == b"\xd6\xc3\xc4"
 
 
-def test_dissimilar_version_falls_back_to_passthrough(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_dissimilar_version_falls_back_to_passthrough(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     rng = random.Random(9)
     ds3.put_object(Bucket=dbucket, Key="r/first.zip", Body=rng.randbytes(MIB))
     unrelated = rng.randbytes(MIB)
     kind, got = put_get(ds3, dbucket, "r/other.zip", unrelated)
     assert kind == "passthrough" and got == unrelated
-    names = sorted(p.name for p in space(dproxy, dbucket, "r").iterdir())
-    assert names == ["first.zip.delta", "other.zip", "reference.bin"]
+    assert stored.names(dbucket, "r") == ["first.zip.delta", "other.zip", "reference.bin"]
 
 
-def test_tiny_first_object_leaves_no_reference(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_tiny_first_object_leaves_no_reference(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     kind, got = put_get(ds3, dbucket, "t/one.zip", b"x")
     assert kind == "passthrough" and got == b"x"
-    assert sorted(p.name for p in space(dproxy, dbucket, "t").iterdir()) == ["one.zip"]
+    assert stored.names(dbucket, "t") == ["one.zip"]
 
 
-def test_unlisted_types_by_content_and_similarity(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_unlisted_types_by_content_and_similarity(ds3: Any, dbucket: str) -> None:
     rng = random.Random(11)
     members = {f"pkg/mod{i}.so": rng.randbytes(40_000) for i in range(20)}
 
@@ -290,21 +282,20 @@ def test_unlisted_types_by_content_and_similarity(dproxy: ProxyServer, ds3: Any,
     assert kind == "passthrough"
 
 
-def test_delete_last_delta_removes_reference(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_delete_last_delta_removes_reference(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     rng = random.Random(12)
     base = rng.randbytes(200_000)
     ds3.put_object(Bucket=dbucket, Key="del/a.zip", Body=base)
     ds3.put_object(Bucket=dbucket, Key="del/b.zip", Body=edited(base, rng))
     ds3.delete_object(Bucket=dbucket, Key="del/a.zip")
-    assert (space(dproxy, dbucket, "del") / "reference.bin").exists()
+    assert stored.exists(dbucket, "del/reference.bin")
     assert sha(ds3.get_object(Bucket=dbucket, Key="del/b.zip")["Body"].read()) != ""
     ds3.delete_object(Bucket=dbucket, Key="del/b.zip")
-    directory = space(dproxy, dbucket, "del")
-    assert not directory.exists() or not any(directory.iterdir())
+    assert stored.names(dbucket, "del") == []
     assert ds3.list_objects_v2(Bucket=dbucket).get("KeyCount", 0) == 0
 
 
-def test_overwrite_switches_kind_atomically(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_overwrite_switches_kind_atomically(stored: StoredLayout, ds3: Any, dbucket: str) -> None:
     rng = random.Random(13)
     base = rng.randbytes(300_000)
     ds3.put_object(Bucket=dbucket, Key="o/x.zip", Body=base)
@@ -312,19 +303,18 @@ def test_overwrite_switches_kind_atomically(dproxy: ProxyServer, ds3: Any, dbuck
     unrelated = rng.randbytes(300_000)
     kind, got = put_get(ds3, dbucket, "o/y.zip", unrelated)
     assert kind == "passthrough" and got == unrelated
-    names = sorted(p.name for p in space(dproxy, dbucket, "o").iterdir())
-    assert names == ["reference.bin", "x.zip.delta", "y.zip"]
+    assert stored.names(dbucket, "o") == ["reference.bin", "x.zip.delta", "y.zip"]
     again = edited(base, rng)
     kind, got = put_get(ds3, dbucket, "o/y.zip", again)
     assert kind == "delta" and got == again
-    assert sorted(p.name for p in space(dproxy, dbucket, "o").iterdir()) == [
+    assert stored.names(dbucket, "o") == [
         "reference.bin",
         "x.zip.delta",
         "y.zip.delta",
     ]
 
 
-def test_copy_and_multipart_go_through_the_engine(dproxy: ProxyServer, ds3: Any, dbucket: str) -> None:
+def test_copy_and_multipart_go_through_the_engine(ds3: Any, dbucket: str) -> None:
     rng = random.Random(14)
     base = rng.randbytes(6 * MIB)
     ds3.put_object(Bucket=dbucket, Key="src/a.zip", Body=base)
@@ -355,10 +345,35 @@ def test_copy_and_multipart_go_through_the_engine(dproxy: ProxyServer, ds3: Any,
     assert got["ResponseMetadata"]["HTTPHeaders"]["x-amz-storage-type"] == "delta"
 
 
-def test_bucket_with_compression_off(dproxy: ProxyServer, ds3: Any) -> None:
+def test_bucket_with_compression_off(stored: StoredLayout, ds3: Any) -> None:
     with contextlib.suppress(ClientError):
         ds3.create_bucket(Bucket="plain")
     base = random.Random(15).randbytes(200_000)
     kind, got = put_get(ds3, "plain", "a/x.zip", base)
     assert kind == "passthrough" and got == base
-    assert not (space(dproxy, "plain", "a") / "reference.bin").exists()
+    assert not stored.exists("plain", "a/reference.bin")
+
+
+def check_s3_metadata(stored: S3Layout, bucket: str, body: bytes) -> None:
+    """The x-amz-meta-dg-* form of storage.md §1.5.2 and §1.6, field by field."""
+    ref = stored.metadata(bucket, "m/reference.bin")
+    assert ref["dg-tool"].startswith("deltaglider_proxy/")
+    assert ref["dg-original-name"] == "__reference__"
+    assert ref["dg-note"] == "reference" and ref["dg-source-name"] == "m/rel.tar"
+    assert ref["dg-file-sha256"] == sha(body) and ref["dg-file-size"] == str(len(body))
+    assert ref["dg-md5"] == hashlib.md5(body).hexdigest()
+    assert ref["dg-created-at"].endswith("Z")
+    assert not any(k.startswith("dg-ref") for k in ref)
+    delta = stored.metadata(bucket, "m/rel.tar.delta")
+    assert delta["dg-original-name"] == "rel.tar"
+    assert delta["dg-note"] == "delta"
+    assert delta["dg-ref-path"] == "reference.bin"
+    assert delta["dg-ref-key"] == "m/reference.bin"  # what the deltaglider CLI reads
+    assert delta["dg-ref-sha256"] == ref["dg-file-sha256"]
+    assert delta["dg-delta-size"] == str(len(stored.read(bucket, "m/rel.tar.delta")))
+    assert delta["dg-delta-cmd"] == "xdelta3 -e -9 -s reference.bin rel.tar rel.tar.delta"
+    assert delta["content-type"] == "application/x-tar"
+    assert delta["user-build"] == "42"
+    assert stored.read(bucket, "m/rel.tar.delta")[:3] == b"\xd6\xc3\xc4"
+    raw = stored.client.head_object(Bucket=bucket, Key="m/rel.tar.delta")
+    assert raw["ContentType"] == "application/octet-stream"

@@ -439,6 +439,8 @@ def test_proxy_metadata_on_the_backend_field_by_field(raw: Any, proxy_bucket: di
                     "dg-md5": hashlib.md5(data).hexdigest(),
                     "dg-created-at": meta["dg-created-at"],
                     "dg-note": "passthrough",
+                    # What the CLI needs to download a direct upload without a ref key.
+                    "dg-compression": "none",
                     "content-type": "text/plain",
                 }
                 continue

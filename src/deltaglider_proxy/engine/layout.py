@@ -31,6 +31,7 @@ from deltaglider_proxy.storage.metadata import (
     REFERENCE_NAME,
     FileMetadata,
     from_s3_metadata,
+    read_s3_metadata,
     to_s3_metadata,
 )
 
@@ -164,11 +165,12 @@ class LayoutAccess:
         that the logical view never shows, so :attr:`LayoutObject.metadata` gives back the
         original."""
         meta = {key.lower(): value for key, value in metadata.items()}
-        record = from_s3_metadata(meta)
+        # The record holds decoded values; the verbatim difference below keeps the encoded ones.
+        record = from_s3_metadata(read_s3_metadata(meta))
         if record is None and meta.get("dg-original-name") == "" and meta.get("dg-tool"):
             # A key ending in "/" has an empty filename, which from_s3_metadata takes for a
             # missing one: parse with a stand-in and put the empty name back.
-            record = from_s3_metadata({**meta, "dg-original-name": "-"})
+            record = from_s3_metadata({**read_s3_metadata(meta), "dg-original-name": "-"})
             record = record.with_changes(original_name="") if record is not None else None
         if record is None:
             return None

@@ -21,6 +21,7 @@ from deltaglider_proxy.storage.filesystem import FilesystemBackend
 from deltaglider_proxy.storage.router import BackendRouter, Route
 
 log = logging.getLogger(__name__)
+LAYOUT_HEADER = "x-deltaglider-layout"
 
 
 def build_one(
@@ -37,6 +38,9 @@ def build_one(
         config.access_key_id,
         config.secret_access_key,
         use_credential_chain=config.credentials == "chain",
+        # Ignored by S3 services; asks a DeltaGlider Proxy backend with layout access for the
+        # stored objects themselves, so proxies can be chained.
+        extra_headers={LAYOUT_HEADER: "raw"},
     )
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from typing import Any, Literal
 
 from deltaglider_proxy import __version__
@@ -229,6 +230,11 @@ def to_s3_metadata(record: FileMetadata, *, prefix: str = "") -> dict[str, str]:
         meta["dg-ref-sha256"] = record.ref_sha256 or ""
         meta["dg-delta-size"] = str(record.delta_size or 0)
         meta["dg-delta-cmd"] = record.delta_cmd or DELTA_CMD_TEMPLATE.format(name=record.original_name)
+    else:
+        # The deltaglider CLI treats any object with dg-file-sha256 as a delta unless it says
+        # dg-compression: none (its marker for direct uploads); without it, the CLI cannot
+        # download our passthrough objects.
+        meta["dg-compression"] = "none"
     if record.multipart_etag is not None:
         meta["dg-multipart-etag"] = record.multipart_etag
     if record.content_type is not None:
@@ -238,6 +244,21 @@ def to_s3_metadata(record: FileMetadata, *, prefix: str = "") -> dict[str, str]:
     for algorithm, value in record.checksums.items():
         meta["user-" + INTERNAL_CHECKSUM_PREFIX + algorithm.lower()] = value
     return meta
+
+
+def _decode_value(value: str) -> str:
+    # Non-ASCII values travel RFC 2047-encoded (=?UTF-8?B?...?=): SigV4 cannot sign raw UTF-8.
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
+
+
+def read_s3_metadata(raw: Mapping[str, str]) -> dict[str, str]:
+    """User metadata as an S3 HEAD returns it → the names and values :func:`from_s3_metadata` expects."""
+    return {key.lower(): _decode_value(value) for key, value in raw.items()}
 
 
 def _first(meta: Mapping[str, str], *names: str) -> str | None:

@@ -33,7 +33,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
@@ -58,6 +57,7 @@ from deltaglider_proxy.storage.metadata import (
     S3_METADATA_LIMIT,
     FileMetadata,
     from_s3_metadata,
+    read_s3_metadata,
     to_s3_metadata,
     utcnow,
 )
@@ -134,15 +134,6 @@ def _encode_value(value: str) -> str:
     return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
 
 
-def _decode_value(value: str) -> str:
-    if "=?" not in value:
-        return value
-    try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeDecodeError):
-        return value
-
-
 def wire_metadata(record: FileMetadata, name: str) -> dict[str, str]:
     """The user metadata stored with object ``name``; MetadataTooLarge past S3's limit."""
     prefix = name.rsplit("/", 1)[0] if "/" in name else ""
@@ -156,9 +147,7 @@ def wire_metadata(record: FileMetadata, name: str) -> dict[str, str]:
     return meta
 
 
-def read_metadata(raw: Mapping[str, str]) -> dict[str, str]:
-    """User metadata as returned by HEAD, with the names and values :func:`from_s3_metadata` expects."""
-    return {key.lower(): _decode_value(value) for key, value in raw.items()}
+read_metadata = read_s3_metadata
 
 
 def _parse_record(bucket: str, name: str, meta: Mapping[str, str]) -> FileMetadata | None:

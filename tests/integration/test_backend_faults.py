@@ -1,0 +1,74 @@
+"""The S3 backend goes away mid-run and comes back (issue: S3 backends, fault test).
+
+The backend is a second instance of this proxy on its filesystem (its data survives the
+outage, unlike moto's in-memory store), reached through the outer proxy's S3 backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from tests.conftest import make_client
+from tests.support.backends import BackendUnderTest, S3Layout, raw_client, started_proxy
+from tests.support.server import ACCESS_KEY, SECRET_KEY, ProxyServer
+
+MIB = 1024 * 1024
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_backend_outage_gives_s3_errors_and_recovers(tmp_path: Path) -> None:
+    inner = ProxyServer(data_dir=tmp_path / "inner" / "data", env={"DGP_LAYOUT_ACCESS": "true"})
+    (tmp_path / "inner").mkdir()
+    inner.start()
+    backend = BackendUnderTest("proxy", tmp_path, inner.endpoint, ACCESS_KEY, SECRET_KEY, [inner])
+    outer = started_proxy(backend, tmp_path / "outer", env={"DGP_DELTA_ENCODING": "inline"})
+    try:
+        s3 = make_client(outer.endpoint)
+        s3.create_bucket(Bucket="faults")
+        rng = random.Random(4)
+        v1 = rng.randbytes(2 * MIB)
+        v2 = v1[:MIB] + b"changed" + v1[MIB:]
+        s3.put_object(Bucket="faults", Key="rel/v1.zip", Body=v1)
+        s3.put_object(Bucket="faults", Key="rel/v2.zip", Body=v2)
+
+        inner.stop()
+        for call in (
+            lambda: s3.get_object(Bucket="faults", Key="rel/v2.zip"),
+            lambda: s3.put_object(Bucket="faults", Key="rel/v3.zip", Body=v2 + b"3"),
+            lambda: s3.list_objects_v2(Bucket="faults"),
+            lambda: s3.delete_object(Bucket="faults", Key="rel/v1.zip"),
+        ):
+            with pytest.raises(ClientError) as exc:
+                call()
+            status = exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
+            assert status in (500, 503), exc.value.response
+            assert exc.value.response["Error"]["Code"] in ("ServiceUnavailable", "InternalError")
+        signed = s3.generate_presigned_url("get_object", Params={"Bucket": "faults", "Key": "rel/v1.zip"})
+        outage = requests.get(signed, timeout=60)
+        assert outage.status_code == 503
+        assert outage.headers["content-type"] == "application/xml"
+        assert b"<Code>ServiceUnavailable</Code>" in outage.content
+        assert outage.headers["x-amz-request-id"].encode() in outage.content
+        assert outage.headers["x-amz-request-id"] in outer.log()
+
+        inner.start()
+        assert _sha(s3.get_object(Bucket="faults", Key="rel/v1.zip")["Body"].read()) == _sha(v1)
+        assert _sha(s3.get_object(Bucket="faults", Key="rel/v2.zip")["Body"].read()) == _sha(v2)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="faults")["Contents"]]
+        assert keys == ["rel/v1.zip", "rel/v2.zip"]  # the PUT during the outage left nothing
+        stored = S3Layout(raw_client(inner.endpoint, ACCESS_KEY, SECRET_KEY, layout_header=True))
+        assert stored.names("faults", "rel") == ["reference.bin", "v1.zip.delta", "v2.zip.delta"]
+        s3.put_object(Bucket="faults", Key="rel/v3.zip", Body=v2 + b"3")
+        assert s3.get_object(Bucket="faults", Key="rel/v3.zip")["Body"].read() == v2 + b"3"
+    finally:
+        outer.stop()
+        inner.stop()
