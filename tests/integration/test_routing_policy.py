@@ -56,6 +56,9 @@ BUCKETS = """
       alias: real-archive-2026
     direct:
       backend: remote
+    flat:
+      backend: remote
+      compression: false
     small:
       quota_bytes: 1048576
     www:
@@ -76,7 +79,11 @@ def moto() -> Iterator[MotoServer]:
 def routed(moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     root = tmp_path_factory.mktemp("routed")
     config = _config(root, moto.endpoint, BUCKETS)
-    server = ProxyServer(data_dir=root / "data", args=["--config", str(config)]).start()
+    server = ProxyServer(
+        data_dir=root / "data",
+        args=["--config", str(config)],
+        env={"DGP_LOG_LEVEL": "info,deltaglider_proxy.engine.objects=debug"},
+    ).start()
     yield server
     server.stop()
 
@@ -174,6 +181,33 @@ def test_s3_backend_without_credentials_is_a_startup_error(tmp_path: Path) -> No
     assert result.returncode != 0
     assert "requires explicit credentials" in result.stderr
     assert "DGP_BE_AWS_ACCESS_KEY_ID" in result.stderr
+
+
+def test_copy_inside_one_s3_backend_is_server_side(rs3: Any, backend_s3: Any, routed: ProxyServer) -> None:
+    rs3.create_bucket(Bucket="flat")
+    body = bytes(range(256)) * 8192
+    rs3.put_object(Bucket="flat", Key="src/a.zip", Body=body, Metadata={"origin": "ci"})
+    rs3.copy_object(
+        Bucket="flat",
+        Key="dst/b.zip",
+        CopySource={"Bucket": "flat", "Key": "src/a.zip"},
+        MetadataDirective="REPLACE",
+        Metadata={"copied": "yes"},
+        ContentType="application/zip",
+    )
+    assert "server-side-copy" in routed.log()
+    got = rs3.get_object(Bucket="flat", Key="dst/b.zip")
+    assert got["Body"].read() == body
+    assert got["Metadata"] == {"copied": "yes"} and got["ContentType"] == "application/zip"
+    assert got["ETag"] == '"' + hashlib.md5(body).hexdigest() + '"'
+    meta = backend_s3.head_object(Bucket="flat", Key="dst/b.zip")["Metadata"]
+    assert meta["dg-original-name"] == "b.zip" and meta["dg-note"] == "passthrough"
+    assert meta["dg-file-sha256"] == hashlib.sha256(body).hexdigest()
+    # Across backends the bytes go through the proxy, and the copy is still exact.
+    name = f"loc-{uuid.uuid4().hex[:12]}"
+    rs3.create_bucket(Bucket=name)
+    rs3.copy_object(Bucket=name, Key="b.zip", CopySource={"Bucket": "flat", "Key": "src/a.zip"})
+    assert rs3.get_object(Bucket=name, Key="b.zip")["Body"].read() == body
 
 
 # ---------------------------------------------------------------------------------- public prefixes

@@ -267,6 +267,53 @@ class ObjectEngine:
         finally:
             body.discard()
 
+    async def copy_in_backend(
+        self, source: ObjectInfo, src_bucket: str, dst_bucket: str, raw_key: str, new: NewObject
+    ) -> ObjectInfo | None:
+        """CopyObject without moving the bytes through the proxy, when that gives the same result.
+
+        Only when the source is stored as-is and the target bucket stores everything as-is
+        (compression off), and both live on one backend that copies server-side; otherwise None
+        and the caller copies through the engine (re-encoding against the target deltaspace).
+        """
+        record = source.record
+        if record is None or record.note != "passthrough":
+            return None
+        if self.deltas.policies.for_bucket(dst_bucket).enabled:
+            return None
+        copier = getattr(self.backend, "copy", None)
+        if copier is None:
+            return None
+        can_copy = getattr(self.backend, "can_copy", None)
+        if can_copy is not None and not can_copy(src_bucket, dst_bucket):
+            return None
+        key = parse_key(raw_key)
+        target = FileMetadata(
+            tool=TOOL,
+            original_name=key.filename,
+            file_sha256=record.file_sha256,
+            file_size=record.file_size,
+            md5=record.md5,
+            created_at=utcnow(),
+            note="passthrough",
+            multipart_etag=record.multipart_etag,
+            content_type=new.content_type,
+            user_metadata={
+                **new.user_metadata,
+                **{"dg-h-" + k: v for k, v in new.stored_headers.items()},
+            },
+            checksums=dict(new.checksums),
+        )
+        source_name = parse_key(source.key).passthrough_name
+        async with self.locks.hold(dst_bucket, key.prefix):
+            stored: StoredObject = await copier(
+                src_bucket, source_name, dst_bucket, key.passthrough_name, target
+            )
+            # The new variant is visible; only now drop the other kind (§2.6).
+            await self.backend.delete(dst_bucket, key.delta_name)
+        self._count(StoreResult(stored, "passthrough", "server-side-copy"))
+        return _info_from_stored(key.key, stored)
+
     def _count(self, result: StoreResult) -> None:
         slot = (result.decision, result.reason)
         self.decisions[slot] = self.decisions.get(slot, 0) + 1

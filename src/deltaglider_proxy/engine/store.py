@@ -51,6 +51,7 @@ Reason = Literal[
     "deferred",
     "superseded",
     "no-reference",
+    "server-side-copy",
 ]
 SKETCH_CACHE_ENTRIES = 256
 

@@ -106,6 +106,25 @@ class BackendRouter:
         backend, real = self.resolve(bucket)
         return await backend.usage_bytes(real)
 
+    # ------------------------------------------------------------------ server-side copy
+
+    def can_copy(self, src_bucket: str, dst_bucket: str) -> bool:
+        """A server-side copy needs both buckets on one backend that can copy."""
+        source, _ = self.resolve(src_bucket)
+        target, _ = self.resolve(dst_bucket)
+        return source is target and hasattr(source, "copy")
+
+    async def copy(
+        self, bucket: str, source_name: str, target_bucket: str, target_name: str, record: FileMetadata
+    ) -> StoredObject:
+        backend, real = self.resolve(bucket)
+        target, real_target = self.resolve(target_bucket)
+        copier = getattr(backend, "copy", None)
+        if target is not backend or copier is None:
+            raise ValueError(f"no server-side copy from {bucket!r} to {target_bucket!r}")
+        result: StoredObject = await copier(real, source_name, real_target, target_name, record)
+        return result
+
     # ------------------------------------------------------------------ objects
 
     async def head(self, bucket: str, name: str) -> StoredObject | None:

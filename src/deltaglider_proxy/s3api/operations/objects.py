@@ -305,9 +305,11 @@ async def copy_object(call: Call) -> Response:
         )
     else:
         new = new_object_from_request(call.req)
-    body = await spool_object(call, src_bucket, src_key)
-    assert isinstance(body, SpooledFile)
-    stored = await call.services.engine.put(call.bucket, call.key, body, new)
+    stored = await call.services.engine.copy_in_backend(info, src_bucket, call.bucket, call.key, new)
+    if stored is None:
+        body = await spool_object(call, src_bucket, src_key)
+        assert isinstance(body, SpooledFile)
+        stored = await call.services.engine.put(call.bucket, call.key, body, new)
     call.services.quotas.record_write(call.bucket, stored.stored_size)
     result = x.el("ETag", stored.etag) + x.el("LastModified", x.iso8601(stored.last_modified))
     return xml_response(x.document("CopyObjectResult", result))
