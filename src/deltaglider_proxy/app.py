@@ -21,6 +21,7 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.observability.audit import AuditRing, ring_size_from_env
 from deltaglider_proxy.observability.logs import configure
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
@@ -114,6 +115,7 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
+        audit=AuditRing(ring_size_from_env()),
     )
     if config.advanced.layout_access:
         log.warning(

@@ -418,7 +418,7 @@ def test_failed_or_cancelled_multipart_upload_is_aborted(
                 await task
 
         run_with(make_backend(proxy.endpoint, multipart_threshold=5 * MiB, part_size=5 * MiB), scenario)
-        assert proxy.calls("DELETE") == 2  # one AbortMultipartUpload each
+        assert proxy.calls("DELETE") >= 2  # an AbortMultipartUpload each (again if one raced a part)
         assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         assert "Contents" not in raw.list_objects_v2(Bucket=bucket)
     finally:

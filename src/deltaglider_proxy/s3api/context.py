@@ -9,6 +9,7 @@ from deltaglider_proxy.config.load import RuntimeSettings
 from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.observability.audit import AuditRing
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
 from deltaglider_proxy.s3api.http import S3Request
@@ -28,6 +29,8 @@ class Services:
     quotas: QuotaGuard = field(default_factory=lambda: QuotaGuard({}, _no_usage))
     # advanced.layout_access: honour x-deltaglider-layout: raw (s3api/operations/layout.py).
     layout_access: bool = False
+    # The process's audit ring (control-plane.md §10): admin/IAM mutations, logins, S3 writes.
+    audit: AuditRing = field(default_factory=AuditRing)
 
 
 async def _no_usage(bucket: str) -> int:

@@ -107,6 +107,7 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
 # PutObject/UploadPart are sent again after these pauses when they fail transiently (§10.2).
 WRITE_RETRY_DELAYS = (0.1, 0.2, 0.4)
+ABORT_RETRY_DELAYS = (0.25, 0.5, 1.0)
 # How long a HeadBucket success is trusted when a HEAD miss must tell "no key" from "no bucket".
 BUCKET_CACHE_SECONDS = 10.0
 
@@ -776,11 +777,21 @@ class S3Backend:
         return response.get("ETag", "")
 
     async def _abort(self, bucket: str, name: str, upload_id: str) -> None:
-        try:
-            await self._s3.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
-        except CLIENT_ERRORS as exc:
-            # Logged by the mapping; a lifecycle rule on the bucket reclaims what is left.
-            to_storage_error(exc, "AbortMultipartUpload", bucket, name)
+        # A part whose request we dropped may still be landing at the server; S3 documents that
+        # an abort racing such a part can fail or leave the upload listed, so a failed abort is
+        # tried again once those parts have had time to finish.
+        for delay in (*ABORT_RETRY_DELAYS, None):
+            try:
+                await self._s3.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
+                return
+            except CLIENT_ERRORS as exc:
+                if error_code(exc) == "NoSuchUpload":
+                    return
+                if delay is None:
+                    # Logged by the mapping; a lifecycle rule on the bucket reclaims what is left.
+                    to_storage_error(exc, "AbortMultipartUpload", bucket, name)
+                    return
+            await asyncio.sleep(delay)
 
     # -- objects: copy and delete ---------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""The audit trail (control-plane.md §10.1): one INFO log line and one ring entry per event.
+
+The ring is a convenience for the admin API (newest first, bounded); the durable trail is the log
+stream, optionally mirrored as JSON lines to a file. Every field is sanitised the same way for the
+log line, the ring and the mirror, so a hostile user name or User-Agent cannot forge a second line
+or a fake ``| field=`` separator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+DEFAULT_RING_SIZE = 500
+DEFAULT_READ_LIMIT = 100
+MAX_READ_LIMIT = 500
+MAX_USER_AGENT_BYTES = 256
+
+log = logging.getLogger("deltaglider_proxy.audit")
+
+
+def sanitise(value: str) -> str:
+    return value.replace("\n", "\\n").replace("\r", "\\r").replace("|", "\\|")
+
+
+def _truncate_utf8(value: str, limit: int) -> str:
+    encoded = value.encode("utf-8")
+    if len(encoded) <= limit:
+        return value
+    return encoded[:limit].decode("utf-8", errors="ignore")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    timestamp: str
+    action: str
+    user: str
+    target: str
+    ip: str
+    ua: str
+    bucket: str
+    path: str
+
+    def log_line(self) -> str:
+        return (
+            f"AUDIT | action={self.action} | user={self.user} | target={self.target} | ip={self.ip} "
+            f"| ua={self.ua} | bucket={self.bucket} | path={self.path}"
+        )
+
+
+def ring_size_from_env(environ: dict[str, str] | None = None) -> int:
+    """``DGP_AUDIT_RING_SIZE``; non-numeric or < 1 falls back to the default (§10.1)."""
+    raw = (environ if environ is not None else dict(os.environ)).get("DGP_AUDIT_RING_SIZE", "")
+    try:
+        size = int(raw)
+    except ValueError:
+        return DEFAULT_RING_SIZE
+    return size if size > 0 else DEFAULT_RING_SIZE
+
+
+class AuditRing:
+    """Process-wide, thread-safe ring of the most recent audit entries."""
+
+    def __init__(self, capacity: int = DEFAULT_RING_SIZE, mirror: Path | None = None) -> None:
+        self.capacity = capacity if capacity > 0 else DEFAULT_RING_SIZE
+        self._entries: deque[AuditEntry] = deque(maxlen=self.capacity)
+        self._lock = threading.Lock()
+        self._mirror = mirror
+        self.recorded = 0  # lifetime count, for metrics
+
+    def record(
+        self,
+        action: str,
+        *,
+        user: str = "",
+        target: str = "",
+        ip: str = "",
+        ua: str = "",
+        bucket: str = "",
+        path: str = "",
+    ) -> AuditEntry:
+        entry = AuditEntry(
+            timestamp=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            action=sanitise(action),
+            user=sanitise(user),
+            target=sanitise(target),
+            ip=sanitise(ip or "unknown"),
+            ua=sanitise(_truncate_utf8(ua, MAX_USER_AGENT_BYTES)),
+            bucket=sanitise(bucket),
+            path=sanitise(path),
+        )
+        with self._lock:
+            self._entries.append(entry)
+            self.recorded += 1
+            if self._mirror is not None:
+                self._append_mirror(entry)
+        log.info(entry.log_line(), extra={"audit": asdict(entry)})
+        return entry
+
+    def _append_mirror(self, entry: AuditEntry) -> None:
+        # One write() of one line with O_APPEND: concurrent writers never interleave inside a line.
+        line = (json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self._mirror or "", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("audit mirror %s is not writable: %s", self._mirror, exc)
+
+    def recent(self, limit: int | None = DEFAULT_READ_LIMIT) -> list[AuditEntry]:
+        """Newest first; ``limit`` clamped to 1…500, default 100 (§10.1)."""
+        wanted = DEFAULT_READ_LIMIT if limit is None else max(1, min(MAX_READ_LIMIT, limit))
+        with self._lock:
+            entries = list(self._entries)
+        return entries[::-1][:wanted]
