@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import stat
@@ -48,6 +49,9 @@ def round_trip(tmp: Path, source: bytes, target: bytes, c: Codec | None = None) 
     assert delta_size == delta.stat().st_size
     assert run(c.decode(src, delta, out)) == len(target)
     assert out.read_bytes() == target
+    hashed = tmp / "hashed"
+    assert run(c.decode_hashed(src, delta, hashed)) == (len(target), hashlib.sha256(target).hexdigest())
+    assert hashed.read_bytes() == target
     assert c.in_use == 0
     return delta_size
 
@@ -166,10 +170,11 @@ def test_corrupt_delta_fails_and_leaves_no_output(tmp_path: Path) -> None:
     src.write_bytes(b"source" * 100)
     delta.write_bytes(VCDIFF_MAGIC + b"\x00garbage" * 10)
     c = codec()
-    with pytest.raises(CodecFailed, match="decode failed"):
-        run(c.decode(src, delta, out))
-    assert not out.exists()
-    assert c.in_use == 0
+    for decode in (c.decode, c.decode_hashed):
+        with pytest.raises(CodecFailed, match="decode failed"):
+            run(decode(src, delta, out))
+        assert not out.exists()
+        assert c.in_use == 0
 
 
 def test_missing_input_fails(tmp_path: Path) -> None:
@@ -187,18 +192,21 @@ def test_decoded_output_is_capped(tmp_path: Path) -> None:
     run(codec().encode(src, tgt, delta))
     assert delta.stat().st_size < 10_000
     small = codec(max_output_bytes=1 * MiB)
-    with pytest.raises(CodecFailed, match="exceeds"):
-        run(small.decode(src, delta, out))
-    assert not out.exists()
-    assert small.in_use == 0
+    for decode in (small.decode, small.decode_hashed):
+        with pytest.raises(CodecFailed, match="exceeds"):
+            run(decode(src, delta, out))
+        assert not out.exists()
+        assert small.in_use == 0
     # Exactly at the cap is fine.
-    assert run(codec(max_output_bytes=4 * MiB).decode(src, delta, out)) == 4 * MiB
+    exact = codec(max_output_bytes=4 * MiB)
+    assert run(exact.decode(src, delta, out)) == 4 * MiB
+    assert run(exact.decode_hashed(src, delta, out))[0] == 4 * MiB
 
 
 def test_timeout_kills_the_child(tmp_path: Path) -> None:
     c = codec(binary=str(slow_binary(tmp_path)), timeout_seconds=0.3)
     started = time.monotonic()
-    for operation in (c.encode, c.decode):
+    for operation in (c.encode, c.decode, c.decode_hashed):
         with pytest.raises(CodecFailed, match="timed out"):
             run(operation(tmp_path / "a", tmp_path / "b", tmp_path / "out"))
     assert time.monotonic() - started < 20  # killed, not waited for (the child sleeps 30 s)
@@ -245,7 +253,8 @@ def test_permits_encode_fails_fast_decode_waits(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_cancellation_kills_the_child(tmp_path: Path) -> None:
+@pytest.mark.parametrize("operation", ["encode", "decode", "decode_hashed"])
+def test_cancellation_kills_the_child(tmp_path: Path, operation: str) -> None:
     marker = tmp_path / "pid"
     script = tmp_path / "pid-xdelta3"
     script.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 30\n")
@@ -253,7 +262,8 @@ def test_cancellation_kills_the_child(tmp_path: Path) -> None:
 
     async def scenario() -> int:
         c = codec(binary=str(script))
-        task = asyncio.create_task(c.encode(tmp_path / "a", tmp_path / "b", tmp_path / "out"))
+        method = getattr(c, operation)
+        task = asyncio.create_task(method(tmp_path / "a", tmp_path / "b", tmp_path / "out"))
         for _ in range(100):
             await asyncio.sleep(0.05)
             if marker.exists() and marker.read_text().strip():
@@ -262,6 +272,7 @@ def test_cancellation_kills_the_child(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert c.in_use == 0
+        assert not (tmp_path / "out").exists()
         return int(marker.read_text())
 
     pid = run(scenario())

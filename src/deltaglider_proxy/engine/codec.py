@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -45,6 +46,7 @@ MAX_SOURCE_WINDOW = 256 * 1024 * 1024
 _WINDOW_LIMIT = 1 << 31
 _POLL_SECONDS = 0.05
 _STDERR_BYTES = 2000
+_PIPE_CHUNK = 1024 * 1024
 # The timeout grows with the input: DGP_CODEC_TIMEOUT_SECS alone would kill every multi-GB encode.
 # 2 MB/s is well below the slowest measured -9 encode (6 MB/s on zip wheels): only a stuck child
 # runs into it.
@@ -125,31 +127,72 @@ class Codec:
             raise CodecBusy("timed out waiting for a delta codec slot; server too busy") from None
         return await self._holding_permit("decode", source, ["-d", "-f", "-D"], delta, out)
 
-    async def _holding_permit(self, kind: str, source: Path, mode: list[str], second: Path, out: Path) -> int:
+    async def decode_hashed(
+        self, source: Path, delta: Path, out: Path, *, wait_seconds: float = 60.0
+    ) -> tuple[int, str]:
+        """As :meth:`decode`, and the SHA-256 (hex) of what was written, hashed as it is written.
+
+        xdelta3 writes to a pipe that a worker thread drains into ``out`` while hashing, so the
+        hash costs no second pass over the rebuilt file (about 40 % of a cold GET otherwise) and
+        runs on the other core while the decoder works."""
+        try:
+            async with asyncio.timeout(max(wait_seconds, 0.0)):
+                await self._permits.acquire()
+        except TimeoutError:
+            raise CodecBusy("timed out waiting for a delta codec slot; server too busy") from None
+        sink = _HashingSink()
+        size = await self._holding_permit("decode", source, ["-d", "-f", "-D", "-c"], delta, out, sink)
+        return size, sink.hexdigest
+
+    async def _holding_permit(
+        self,
+        kind: str,
+        source: Path,
+        mode: list[str],
+        second: Path,
+        out: Path,
+        sink: _HashingSink | None = None,
+    ) -> int:
         self._in_use += 1
         try:
             source_size = await asyncio.to_thread(_file_size, source)
             second_size = await asyncio.to_thread(_file_size, second)
             window = _window_options(source_size, self.max_source_window)
             timeout = self.timeout_seconds + (source_size + second_size) / SLOWEST_EXPECTED_BYTES_PER_SECOND
-            args = [*mode, *window, "-s", str(source), str(second), str(out)]
-            return await self._run(kind, args, out, timeout)
+            args = [*mode, *window, "-s", str(source), str(second)]
+            if sink is None:
+                return await self._run(kind, [*args, str(out)], out, timeout)
+            return await self._run(kind, args, out, timeout, sink)
         finally:
             self._in_use -= 1
             self._permits.release()
 
-    async def _run(self, kind: str, args: list[str], out: Path, limit_seconds: float) -> int:
+    async def _run(
+        self, kind: str, args: list[str], out: Path, limit_seconds: float, sink: _HashingSink | None = None
+    ) -> int:
+        """Run xdelta3 to completion; with ``sink`` its stdout is drained into ``out`` by a thread."""
+        read_fd, write_fd = os.pipe() if sink is not None else (-1, -1)
         try:
             process = await asyncio.create_subprocess_exec(
                 self.binary,
                 *args,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=write_fd if sink is not None else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=_child_env(),
             )
         except OSError as exc:
+            if sink is not None:
+                os.close(read_fd)
             raise CodecFailed(f"cannot run {self.binary}: {exc}") from exc
+        finally:
+            if sink is not None:
+                os.close(write_fd)  # the child holds its copy; EOF reaches the drain when it exits
+        drain = (
+            asyncio.ensure_future(asyncio.to_thread(sink.drain, read_fd, out, self.max_output_bytes))
+            if sink is not None
+            else None
+        )
         # The kernel enforces the output cap (SIGXFSZ) once this lands; polling covers the first
         # instants and systems without prlimit.
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -167,10 +210,13 @@ class Codec:
                 done, _ = await asyncio.wait({talk}, timeout=min(_POLL_SECONDS, remaining))
                 if done:
                     break
-                if await asyncio.to_thread(_file_size, out) > self.max_output_bytes:
+                if drain is not None:
+                    if drain.done() and drain.result() > self.max_output_bytes:
+                        raise CodecFailed(f"xdelta3 {kind} output exceeds {self.max_output_bytes} bytes")
+                elif await asyncio.to_thread(_file_size, out) > self.max_output_bytes:
                     raise CodecFailed(f"xdelta3 {kind} output exceeds {self.max_output_bytes} bytes")
             _, stderr = talk.result()
-            size = await asyncio.to_thread(_file_size, out)
+            size = await drain if drain is not None else await asyncio.to_thread(_file_size, out)
             if process.returncode == -signal.SIGXFSZ or size > self.max_output_bytes:
                 raise CodecFailed(f"xdelta3 {kind} output exceeds {self.max_output_bytes} bytes")
             if process.returncode != 0:
@@ -185,9 +231,38 @@ class Codec:
             talk.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(process.wait())
+            if drain is not None:  # the child is gone, so the drain is at EOF: let it close its file
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(drain)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(out.unlink, missing_ok=True)
             raise
+        finally:
+            if sink is not None:
+                os.close(read_fd)
+
+
+class _HashingSink:
+    """Drains a pipe into a file, hashing as it goes; stops reading past the output cap."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    @property
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def drain(self, fd: int, out: Path, cap: int) -> int:
+        """Bytes read (more than ``cap`` means it stopped early; the file then holds only part)."""
+        size = 0
+        with open(out, "wb") as sink:
+            while chunk := os.read(fd, _PIPE_CHUNK):
+                size += len(chunk)
+                if size > cap:
+                    break
+                sink.write(chunk)
+                self._digest.update(chunk)
+        return size
 
 
 def check_available(binary: str = BINARY) -> str:

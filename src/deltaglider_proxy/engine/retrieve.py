@@ -17,7 +17,7 @@ from deltaglider_proxy.engine.keys import ObjectKey
 from deltaglider_proxy.engine.references import ReferenceCache, ReferenceMismatch
 from deltaglider_proxy.engine.spool import Spool, SpoolFull
 from deltaglider_proxy.engine.store import DeltaStore
-from deltaglider_proxy.engine.transfer import sha256_file, stream_to_file
+from deltaglider_proxy.engine.transfer import stream_to_file
 from deltaglider_proxy.storage.base import Backend
 from deltaglider_proxy.storage.metadata import FileMetadata
 
@@ -91,7 +91,7 @@ class DeltaRetriever:
                 async with self.references.pinned(
                     bucket, key.prefix, expected_ref, self.store.loader(bucket, key)
                 ) as ref_path:
-                    await self.codec.decode(ref_path, delta_path, out)
+                    _, actual = await self.codec.decode_hashed(ref_path, delta_path, out)
             except (ReferenceMismatch, CodecFailed) as exc:
                 # A damaged delta or reference usually makes the decoder itself fail (VCDIFF
                 # carries window checksums): same handling as a final-hash mismatch.
@@ -100,7 +100,6 @@ class DeltaRetriever:
                 return False
         finally:
             delta_path.unlink(missing_ok=True)
-        actual = await asyncio.to_thread(sha256_file, out)
         if actual != record.file_sha256:
             log.error(
                 "sha256 mismatch rebuilding %s/%s: expected %s, got %s",
