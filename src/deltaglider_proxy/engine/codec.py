@@ -35,6 +35,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 BINARY = "xdelta3"
@@ -57,6 +59,11 @@ class CodecBusy(Exception):
 
 class CodecFailed(Exception):
     """The encoder or decoder failed, timed out or exceeded its output cap (the edge answers 500)."""
+
+
+# Told about every successful run: (kind "encode"|"decode", seconds, input bytes, output bytes),
+# where input is the target (encode) or the delta (decode). Feeds the metrics.
+CodecObserver = Callable[[str, float, int, int], None]
 
 
 def _child_env() -> dict[str, str]:
@@ -98,6 +105,7 @@ class Codec:
         self.max_source_window = max_source_window
         self._permits = asyncio.Semaphore(concurrency)
         self._in_use = 0
+        self.observer: CodecObserver | None = None
 
     @property
     def in_use(self) -> int:
@@ -133,7 +141,11 @@ class Codec:
             window = _window_options(source_size, self.max_source_window)
             timeout = self.timeout_seconds + (source_size + second_size) / SLOWEST_EXPECTED_BYTES_PER_SECOND
             args = [*mode, *window, "-s", str(source), str(second), str(out)]
-            return await self._run(kind, args, out, timeout)
+            started = time.perf_counter()
+            size = await self._run(kind, args, out, timeout)
+            if self.observer is not None:
+                self.observer(kind, time.perf_counter() - started, second_size, size)
+            return size
         finally:
             self._in_use -= 1
             self._permits.release()

@@ -100,6 +100,9 @@ class DeltaStore:
         self._sketches: OrderedDict[str, Sketch] = OrderedDict()
         # Set when delta encoding runs in the background (advanced.delta_encoding).
         self.deferrer: Deferrer | None = None
+        # Lifetime counters read by the metrics exporter at scrape time.
+        self.references_created = 0
+        self.bytes_saved = 0  # original minus delta size of every delta written
 
     # ------------------------------------------------------------------ reference access
 
@@ -211,6 +214,7 @@ class DeltaStore:
                     delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
                 )
                 await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+                self.bytes_saved += record.file_size - delta_size
                 await self._delete_quietly(bucket, key.passthrough_name, key)
             return "delta"
         finally:
@@ -238,6 +242,7 @@ class DeltaStore:
             if existing is None:
                 raise
             return existing, False
+        self.references_created += 1
         await self.references.adopt(bucket, key.prefix, body.sha256_hex, body.path)
         return stored, True
 
@@ -278,6 +283,7 @@ class DeltaStore:
                 delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
             )
             stored = await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+            self.bytes_saved += body.size - delta_size
         finally:
             await asyncio.to_thread(delta_path.unlink, True)
         await self._delete_quietly(bucket, key.passthrough_name, key)
