@@ -21,8 +21,10 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
-from deltaglider_proxy.observability.audit import AuditRing, ring_size_from_env
+from deltaglider_proxy.observability.audit import AuditRing, mirror_path_from_env, ring_size_from_env
+from deltaglider_proxy.observability.instrumented import instrument
 from deltaglider_proxy.observability.logs import configure
+from deltaglider_proxy.observability.wiring import new_metrics, observe, storage_types
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
 from deltaglider_proxy.policy.routing import build_storage
@@ -64,7 +66,8 @@ class Runtime:
 async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     config = snapshot.config
     state = state_dir(snapshot)
-    backend = build_backend(snapshot)
+    metrics = new_metrics(config.storage)
+    backend = instrument(build_backend(snapshot), metrics)
     start = getattr(backend, "start", None)
     if start is not None:
         await start()
@@ -115,8 +118,11 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
-        audit=AuditRing(ring_size_from_env()),
+        audit=AuditRing(ring_size_from_env(), mirror=mirror_path_from_env()),
+        metrics=metrics,
+        storage_type=storage_types(config.storage),
     )
+    observe(metrics, engine, services.audit)
     if config.advanced.layout_access:
         log.warning(
             "layout access is enabled: requests with x-deltaglider-layout: raw read and write stored "
@@ -127,10 +133,13 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         engine.deltas.deferrer = engine.background
         await engine.background.start()
     sweeper = asyncio.create_task(_sweep_forever(multipart))
+    admin = AdminRoutes(services)
     try:
-        yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
+        yield Runtime(services, backend, S3Gateway(services), admin)
     finally:
         sweeper.cancel()
+        await admin.metrics.close()
+        services.audit.close()
         await services.quotas.close()
         if engine.background is not None:
             await engine.background.close()

@@ -19,17 +19,18 @@ _BACKGROUND_DECISIONS = {
 
 
 def read_engine(engine: ObjectEngine) -> EngineReading:
-    decisions: dict[str, int] = {"delta": 0, "passthrough": 0, "reference": 0}
+    decisions = {"delta": 0, "passthrough": 0, "reference": 0}
     for (decision, reason), count in engine.decisions.items():
-        if reason != "deferred":
-            decisions[decision] = decisions.get(decision, 0) + count
+        if reason == "deferred":
+            continue
+        label = "reference" if reason == "reference" else decision
+        decisions[label] = decisions.get(label, 0) + count
     background = engine.background
     if background is not None:
         for outcome, count in background.outcomes.items():
-            decision = _BACKGROUND_DECISIONS.get(outcome)
-            if decision is not None:
-                decisions[decision] += count
-    decisions["reference"] = engine.deltas.references_created
+            final = _BACKGROUND_DECISIONS.get(outcome)
+            if final is not None:
+                decisions[final] += count
     cache = engine.references.stats()
     codec = engine.deltas.codec
     return EngineReading(

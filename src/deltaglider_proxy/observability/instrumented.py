@@ -38,7 +38,9 @@ class InstrumentedBackend:
             return self._timed_callable("copy", value)
         return value
 
-    def _timed_callable(self, operation: str, func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    def _timed_callable(
+        self, operation: str, func: Callable[..., Awaitable[T]]
+    ) -> Callable[..., Awaitable[T]]:
         async def timed(*args: Any, **kwargs: Any) -> T:
             return await self._timed(operation, func(*args, **kwargs))
 
@@ -68,11 +70,15 @@ class InstrumentedBackend:
         except Exception:
             if not observed:
                 observed = True
-                self._metrics.observe_backend(self.name, operation, time.perf_counter() - started, failed=True)
+                self._metrics.observe_backend(
+                    self.name, operation, time.perf_counter() - started, failed=True
+                )
             raise
         finally:
             if not observed:  # empty result: the whole call was the latency
-                self._metrics.observe_backend(self.name, operation, time.perf_counter() - started, failed=False)
+                self._metrics.observe_backend(
+                    self.name, operation, time.perf_counter() - started, failed=False
+                )
             closer = getattr(stream, "aclose", None)
             if closer is not None:
                 await closer()

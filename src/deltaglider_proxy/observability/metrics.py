@@ -15,7 +15,14 @@ import resource
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -209,13 +216,13 @@ class Metrics:
     """The process's registry and every metric the proxy exports."""
 
     def __init__(self, *, version: str, backend_type: str) -> None:
+        # No ``*_created`` series: upstream exports none, and they double the output for nothing.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         # [D] §9.1: the standard process collector, which brings process_start_time_seconds.
         ProcessCollector(registry=self.registry)
         r = self.registry
-        build = Gauge(
-            "deltaglider_build_info", "Build information.", ["version", "backend_type"], registry=r
-        )
+        build = Gauge("deltaglider_build_info", "Build information.", ["version", "backend_type"], registry=r)
         build.labels(version=version, backend_type=backend_type).set(1)
         self.http_requests = Counter(
             "deltaglider_http_requests", "S3 requests.", ["method", "status", "operation"], registry=r
@@ -361,6 +368,12 @@ class Metrics:
     def auth_failed(self, reason: str) -> None:
         self.auth_attempts.labels(result="failure").inc()
         self.auth_failures.labels(reason=reason).inc()
+
+    def quota_rejected(self, reason: str) -> None:
+        self.quota_rejections.labels(reason=reason).inc()
+
+    def audit_recorded(self, action: str) -> None:
+        self.audit_events.labels(action=action).inc()
 
     def observe_backend(self, backend: str, operation: str, seconds: float, *, failed: bool) -> None:
         self.backend_duration.labels(backend=backend, operation=operation).observe(seconds)
