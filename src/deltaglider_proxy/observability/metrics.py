@@ -23,10 +23,13 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# §9: the classic text format, which generate_latest writes (newer clients default their
+# CONTENT_TYPE_LATEST to 1.0.0 although the body is the same 0.0.4 text for our names).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1024.0, 10240.0, 102400.0, 1024000.0, 10240000.0, 102400000.0)
 RATIO_BUCKETS = (0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -297,6 +300,26 @@ class Metrics:
             "deltaglider_quota_rejections", "Writes refused by quota or freeze.", ["reason"], registry=r
         )
         self.audit_events = Counter("deltaglider_audit_events", "Audit events.", ["action"], registry=r)
+        # §8.5 [D]: replication runs (rule names are bounded by config). Registered now so
+        # dashboards and alert rules resolve; series appear once replication runs exist.
+        self.replication_runs = Counter(
+            "deltaglider_replication_runs", "Replication runs.", ["rule", "status"], registry=r
+        )
+        self.replication_objects_copied = Counter(
+            "deltaglider_replication_objects_copied", "Objects copied by replication.", ["rule"], registry=r
+        )
+        self.replication_bytes_copied = Counter(
+            "deltaglider_replication_bytes_copied", "Bytes copied by replication.", ["rule"], registry=r
+        )
+        self.replication_errors = Counter(
+            "deltaglider_replication_errors", "Replication errors.", ["rule"], registry=r
+        )
+        self.replication_last_success = Gauge(
+            "deltaglider_replication_last_success_timestamp_seconds",
+            "Last successful replication run (unix seconds).",
+            ["rule"],
+            registry=r,
+        )
         # Ours: latency of every call the engine makes to a storage backend.
         self.backend_duration = Histogram(
             "deltaglider_backend_request_duration_seconds",
@@ -383,4 +406,4 @@ class Metrics:
     # ------------------------------------------------------------------ exposition
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE
