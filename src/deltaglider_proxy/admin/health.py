@@ -76,6 +76,12 @@ async def _probe(name: str, backend: Backend, settings: ReadySettings) -> str:
             await asyncio.wait_for(_probe_once(backend), settings.timeout_seconds)
         except TimeoutError:
             outcome = "timeout"
+            log.warning(
+                "readiness: backend %s attempt %d failed: no answer within %ss",
+                name,
+                attempt + 1,
+                settings.timeout_seconds,
+            )
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             outcome = "unreachable"
             log.warning("readiness: backend %s attempt %d failed: %s", name, attempt + 1, exc)

@@ -217,7 +217,9 @@ class S3Gateway:
             request_id=request_id,
             virtual_host=virtual,
         )
-        operation = "-"
+        # The request's shape (§9.1) until a handler is chosen, so refused requests still say
+        # what they were; then the handler's own, finer name (upload_part, copy_object…).
+        operation = operation_label(req.method, req.bucket, req.key)
         principal = "-"
         access_key = ""
         call: Call | None = None
