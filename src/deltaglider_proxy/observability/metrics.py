@@ -125,9 +125,8 @@ class _ScrapeTimeCollector(Collector):
         reader = self._metrics.engine_reader
         if reader is not None:
             yield from _engine_families(reader())
-        savings = self._metrics.savings
-        if savings:
-            yield from _savings_families(savings)
+        # Declared even before the first savings walk, so queries over them always resolve.
+        yield from _savings_families(self._metrics.savings)
 
 
 def _engine_families(reading: EngineReading) -> Iterable[Metric]:
