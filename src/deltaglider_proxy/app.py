@@ -22,6 +22,7 @@ from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
 from deltaglider_proxy.observability.audit import AuditRing, mirror_path_from_env, ring_size_from_env
+from deltaglider_proxy.observability.cache_monitor import monitor_cache
 from deltaglider_proxy.observability.instrumented import instrument
 from deltaglider_proxy.observability.logs import configure
 from deltaglider_proxy.observability.wiring import new_metrics, observe, storage_types
@@ -133,11 +134,13 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         engine.deltas.deferrer = engine.background
         await engine.background.start()
     sweeper = asyncio.create_task(_sweep_forever(multipart))
+    cache_monitor = asyncio.create_task(monitor_cache(references))
     admin = AdminRoutes(services)
     try:
         yield Runtime(services, backend, S3Gateway(services), admin)
     finally:
         sweeper.cancel()
+        cache_monitor.cancel()
         await admin.metrics.close()
         services.audit.close()
         await services.quotas.close()
