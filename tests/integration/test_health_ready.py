@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
+from tests.conftest import make_client
 from tests.support.backends import MOTO_KEY, MOTO_SECRET
 from tests.support.s3servers import MotoServer
 from tests.support.server import ProxyServer
@@ -41,6 +43,11 @@ def _ready_within(server: ProxyServer, status: int, seconds: float = 30) -> dict
             assert code == status, doc
             return doc
         time.sleep(0.2)
+
+
+def _metric_lines(server: ProxyServer, name: str) -> list[str]:
+    text = requests.get(f"{server.endpoint}/_/metrics", timeout=30).text
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
 
 
 @pytest.mark.filesystem_only
@@ -79,8 +86,22 @@ def test_readiness_follows_the_s3_backend(tmp_path: Path) -> None:
         proxy.start()
         doc = _ready_within(proxy, 200)
         assert doc["status"] == "ready" and doc["backend"] == "ready"
+        s3 = make_client(proxy.endpoint)
+        s3.create_bucket(Bucket="probe-me")
+        with pytest.raises(ClientError):
+            s3.head_object(Bucket="probe-me", Key="absent")  # a not-found answer, not a backend error
 
         moto.stop()
+        with pytest.raises(ClientError):
+            s3.list_objects_v2(Bucket="probe-me")
+        errors = _metric_lines(proxy, "deltaglider_backend_errors_total")
+        # The listing's first backend call (the bucket check, or the listing itself) failed.
+        assert any(
+            ('operation="bucket_exists"' in line or 'operation="list"' in line) and not line.endswith(" 0.0")
+            for line in errors
+        ), errors
+        assert not any('operation="head"' in line for line in errors), errors
+        assert 'deltaglider_build_info{backend_type="s3"' in requests.get(f"{proxy.endpoint}/_/metrics").text
         doc = _ready_within(proxy, 503)
         assert doc["status"] == "not_ready"
         assert doc["backend"] in ("unreachable", "timeout")

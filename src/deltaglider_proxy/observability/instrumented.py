@@ -17,13 +17,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deltaglider_proxy.observability.metrics import Metrics
-from deltaglider_proxy.storage.base import Backend, BucketInfo, CommonPrefix, StoredObject
+from deltaglider_proxy.storage.base import (
+    Backend,
+    BucketAlreadyExists,
+    BucketInfo,
+    BucketNotEmpty,
+    BucketNotFound,
+    CommonPrefix,
+    ObjectExists,
+    ObjectNotFound,
+    StoredObject,
+)
 from deltaglider_proxy.storage.metadata import FileMetadata
 from deltaglider_proxy.storage.router import BackendRouter
 
 T = TypeVar("T")
 Item = TypeVar("Item")
 SINGLETON_NAME = "default"
+# Answers about the caller's request, not failures of the backend: not counted as errors.
+_ANSWERS = (ObjectNotFound, BucketNotFound, BucketNotEmpty, BucketAlreadyExists, ObjectExists)
 
 
 class InstrumentedBackend:
@@ -53,6 +65,9 @@ class InstrumentedBackend:
             result = await call
             failed = False
             return result
+        except _ANSWERS:
+            failed = False
+            raise
         finally:
             self._metrics.observe_backend(self.name, operation, time.perf_counter() - started, failed=failed)
 
@@ -67,11 +82,11 @@ class InstrumentedBackend:
                         self.name, operation, time.perf_counter() - started, failed=False
                     )
                 yield item
-        except Exception:
+        except Exception as exc:
             if not observed:
                 observed = True
                 self._metrics.observe_backend(
-                    self.name, operation, time.perf_counter() - started, failed=True
+                    self.name, operation, time.perf_counter() - started, failed=not isinstance(exc, _ANSWERS)
                 )
             raise
         finally:
