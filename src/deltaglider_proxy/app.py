@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deltaglider_proxy.admin.access_log import serve_logged
 from deltaglider_proxy.admin.routes import AdminRoutes
 from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import Snapshot, load_snapshot
@@ -179,7 +180,7 @@ class Application:
             await self._startup()
         assert self._runtime is not None
         if scope["path"].startswith("/_/"):
-            await self._runtime.admin(scope, receive, send)
+            await serve_logged(self._runtime.admin, scope, receive, send)
         else:
             await self._runtime.gateway(scope, receive, send)
 
