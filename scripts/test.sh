@@ -5,17 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in xdelta3 rclone s3cmd setfattr; do
+for tool in xdelta3 rclone s3cmd setfattr promtool; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   packages=()
   for tool in "${need_apt[@]}"; do
-    case "$tool" in setfattr) packages+=(attr) ;; *) packages+=("$tool") ;; esac
+    case "$tool" in setfattr) packages+=(attr) ;; promtool) packages+=(prometheus) ;; *) packages+=("$tool") ;; esac
   done
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 python3 -m venv .venv

@@ -49,6 +49,11 @@ def proxy(backend: BackendUnderTest, tmp_path_factory: pytest.TempPathFactory) -
     server = started_proxy(backend, tmp_path_factory.mktemp("proxy"))
     yield server
     server.stop()
+    # Whatever the suite did to the shared proxy, its log never carries a secret it was given.
+    log = server.log()
+    # (moto's "testing" is too common a word to search for.)
+    for secret in {SECRET_KEY, backend.secret} - {"", "testing"}:
+        assert secret not in log, "a secret appears in the shared proxy's log"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deltaglider_proxy.admin.access_log import serve_logged
 from deltaglider_proxy.admin.routes import AdminRoutes
 from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import Snapshot, load_snapshot
@@ -21,8 +22,11 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
-from deltaglider_proxy.observability.audit import AuditRing, ring_size_from_env
+from deltaglider_proxy.observability.audit import AuditRing, mirror_path_from_env, ring_size_from_env
+from deltaglider_proxy.observability.cache_monitor import monitor_cache
+from deltaglider_proxy.observability.instrumented import instrument
 from deltaglider_proxy.observability.logs import configure
+from deltaglider_proxy.observability.wiring import new_metrics, observe, storage_types
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
 from deltaglider_proxy.policy.routing import build_storage
@@ -64,7 +68,8 @@ class Runtime:
 async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     config = snapshot.config
     state = state_dir(snapshot)
-    backend = build_backend(snapshot)
+    metrics = new_metrics(config.storage)
+    backend = instrument(build_backend(snapshot), metrics)
     start = getattr(backend, "start", None)
     if start is not None:
         await start()
@@ -115,8 +120,11 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
-        audit=AuditRing(ring_size_from_env()),
+        audit=AuditRing(ring_size_from_env(), mirror=mirror_path_from_env()),
+        metrics=metrics,
+        storage_type=storage_types(config.storage),
     )
+    observe(metrics, engine, services.audit)
     if config.advanced.layout_access:
         log.warning(
             "layout access is enabled: requests with x-deltaglider-layout: raw read and write stored "
@@ -127,10 +135,15 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         engine.deltas.deferrer = engine.background
         await engine.background.start()
     sweeper = asyncio.create_task(_sweep_forever(multipart))
+    cache_monitor = asyncio.create_task(monitor_cache(references))
+    admin = AdminRoutes(services)
     try:
-        yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
+        yield Runtime(services, backend, S3Gateway(services), admin)
     finally:
         sweeper.cancel()
+        cache_monitor.cancel()
+        await admin.metrics.close()
+        services.audit.close()
         await services.quotas.close()
         if engine.background is not None:
             await engine.background.close()
@@ -167,7 +180,7 @@ class Application:
             await self._startup()
         assert self._runtime is not None
         if scope["path"].startswith("/_/"):
-            await self._runtime.admin(scope, receive, send)
+            await serve_logged(self._runtime.admin, scope, receive, send)
         else:
             await self._runtime.gateway(scope, receive, send)
 

@@ -33,7 +33,7 @@ def _prepare(snapshot: Snapshot) -> None:
     try:
         parse_levels(snapshot.config.advanced.log_level)
     except ValueError as exc:
-        _fail(f"advanced.log_level / DGP_LOG_LEVEL: {exc}")
+        _fail(f"advanced.log_level / DGP_LOG_LEVEL / RUST_LOG: {exc}")
     try:
         check_available()
     except CodecFailed as exc:

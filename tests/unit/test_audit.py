@@ -46,6 +46,7 @@ def test_mirror_gets_one_json_line_per_entry(tmp_path: Path) -> None:
     ring = AuditRing(mirror=mirror)
     ring.record("create_group", user="admin", target="ops")
     ring.record("delete_group", user="admin", target="g1")
+    ring.close()  # the mirror is written by a thread; close() flushes it
     docs = [json.loads(line) for line in mirror.read_text().splitlines()]
     assert [d["action"] for d in docs] == ["create_group", "delete_group"]
     assert set(docs[0]) == {"timestamp", "action", "user", "target", "ip", "ua", "bucket", "path"}

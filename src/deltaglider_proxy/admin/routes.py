@@ -1,16 +1,19 @@
-"""The control plane under ``/_/``: health (liveness) and savings statistics.
+"""The control plane under ``/_/``: health, readiness, metrics, audit and savings statistics.
 
-Until admin sessions exist (IAM/auth issue), ``/_/stats`` is authorised like an S3 request: signed
-with the proxy's SigV4 credentials (or open when ``authentication: none``).
+Until admin sessions exist (IAM/auth issue), ``/_/stats`` and ``/_/api/admin/audit`` are
+authorised like an S3 request: signed with the proxy's SigV4 credentials (or open when
+``authentication: none``). Health, readiness and metrics are for probes and scrapers: no session.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from datetime import UTC, datetime
 
+from deltaglider_proxy.admin.audit_endpoint import audit_entries
+from deltaglider_proxy.admin.health import Readiness, ReadySettings, health
+from deltaglider_proxy.admin.metrics_endpoint import MetricsEndpoint
 from deltaglider_proxy.engine.stats import BucketStats, bucket_stats
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api.context import Services
@@ -31,15 +34,29 @@ class AdminRoutes:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._all_cache: tuple[float, dict[str, object]] | None = None
+        runtime = services.runtime
+        self.readiness = Readiness(
+            services,
+            ReadySettings(runtime.ready_timeout_secs, runtime.ready_retries, runtime.ready_cache_ttl_secs),
+        )
+        self.metrics = MetricsEndpoint(services, runtime.metrics_token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
         try:
             if path == "/_/health" and method in ("GET", "HEAD"):
-                peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                response = _json(
-                    200, {"status": "healthy", "backend": "ready", "peak_rss_bytes": peak_kib * 1024}
+                response = health(self.services)
+            elif path == "/_/ready" and method in ("GET", "HEAD"):
+                response = await self.readiness.response()
+            elif path == "/_/metrics" and method == "GET":
+                response = self.metrics.response(
+                    collect_headers(scope.get("headers", [])).get("authorization", "")
+                )
+            elif path == "/_/api/admin/audit" and method == "GET":
+                self._authorise(scope)
+                response = audit_entries(
+                    self.services.audit, scope.get("query_string", b"").decode("latin-1")
                 )
             elif path == "/_/stats" and method == "GET":
                 self._authorise(scope)

@@ -78,6 +78,11 @@ class RuntimeSettings:
     trust_proxy_headers: bool = False
     log_format: str = "text"
     codec_timeout_seconds: int = 60
+    # Observability (control-plane.md §6.7, §1.2): bearer token for /_/metrics; /_/ready probing.
+    metrics_token: str | None = None
+    ready_timeout_secs: float = 3.0
+    ready_retries: int = 2
+    ready_cache_ttl_secs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,9 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
     ):
         if env.get(var):
             _set(doc, "advanced", field, env[var])
+    if env.get("RUST_LOG"):
+        # Upstream's filter variable wins over DGP_LOG_LEVEL (control-plane.md §10.3).
+        _set(doc, "advanced", "log_level", env["RUST_LOG"])
     if env.get("DGP_LAYOUT_ACCESS"):
         _set(doc, "advanced", "layout_access", _truthy(env["DGP_LAYOUT_ACCESS"]))
     if env.get("DGP_TLS_ENABLED"):
@@ -265,6 +273,19 @@ def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     return value
 
 
+def _float_env(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a number") from None
+    if not value >= minimum:  # also rejects nan
+        raise ConfigError(f"{name}: must be at least {minimum} (got {text})")
+    return value
+
+
 def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
     fmt = env.get("DGP_LOG_FORMAT", "text").strip().lower() or "text"
     if fmt not in ("text", "json", "logfmt"):
@@ -284,6 +305,10 @@ def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         trust_proxy_headers=_truthy(env.get("DGP_TRUST_PROXY_HEADERS", "false")),
         log_format=fmt,
         codec_timeout_seconds=_int_env(env, "DGP_CODEC_TIMEOUT_SECS", 60, 1),
+        metrics_token=env.get("DGP_METRICS_TOKEN") or None,
+        ready_timeout_secs=_float_env(env, "DGP_READY_TIMEOUT_SECS", 3.0, 0.001),
+        ready_retries=_int_env(env, "DGP_READY_RETRIES", 2, 0),
+        ready_cache_ttl_secs=_float_env(env, "DGP_READY_CACHE_TTL_SECS", 0.0, 0.0),
     )
 
 

@@ -36,6 +36,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 BINARY = "xdelta3"
@@ -59,6 +61,11 @@ class CodecBusy(Exception):
 
 class CodecFailed(Exception):
     """The encoder or decoder failed, timed out or exceeded its output cap (the edge answers 500)."""
+
+
+# Told about every successful run: (kind "encode"|"decode", seconds, input bytes, output bytes),
+# where input is the target (encode) or the delta (decode). Feeds the metrics.
+CodecObserver = Callable[[str, float, int, int], None]
 
 
 def _child_env() -> dict[str, str]:
@@ -100,6 +107,7 @@ class Codec:
         self.max_source_window = max_source_window
         self._permits = asyncio.Semaphore(concurrency)
         self._in_use = 0
+        self.observer: CodecObserver | None = None
 
     @property
     def in_use(self) -> int:
@@ -160,9 +168,14 @@ class Codec:
             window = _window_options(source_size, self.max_source_window)
             timeout = self.timeout_seconds + (source_size + second_size) / SLOWEST_EXPECTED_BYTES_PER_SECOND
             args = [*mode, *window, "-s", str(source), str(second)]
+            started = time.perf_counter()
             if sink is None:
-                return await self._run(kind, [*args, str(out)], out, timeout)
-            return await self._run(kind, args, out, timeout, sink)
+                size = await self._run(kind, [*args, str(out)], out, timeout)
+            else:
+                size = await self._run(kind, args, out, timeout, sink)
+            if self.observer is not None:
+                self.observer(kind, time.perf_counter() - started, second_size, size)
+            return size
         finally:
             self._in_use -= 1
             self._permits.release()

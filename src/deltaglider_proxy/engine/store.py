@@ -52,6 +52,7 @@ Reason = Literal[
     "superseded",
     "no-reference",
     "server-side-copy",
+    "reference",  # the deltaspace's first object: it became the reference (stored as a self-delta)
 ]
 SKETCH_CACHE_ENTRIES = 256
 
@@ -100,6 +101,9 @@ class DeltaStore:
         self._sketches: OrderedDict[str, Sketch] = OrderedDict()
         # Set when delta encoding runs in the background (advanced.delta_encoding).
         self.deferrer: Deferrer | None = None
+        # Lifetime counter read by the metrics exporter at scrape time: original minus delta size
+        # of every delta committed against an existing reference (a new reference saves nothing).
+        self.bytes_saved = 0
 
     # ------------------------------------------------------------------ reference access
 
@@ -211,6 +215,7 @@ class DeltaStore:
                     delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
                 )
                 await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+                self.bytes_saved += record.file_size - delta_size
                 await self._delete_quietly(bucket, key.passthrough_name, key)
             return "delta"
         finally:
@@ -278,10 +283,12 @@ class DeltaStore:
                 delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
             )
             stored = await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+            if not minted:
+                self.bytes_saved += body.size - delta_size
         finally:
             await asyncio.to_thread(delta_path.unlink, True)
         await self._delete_quietly(bucket, key.passthrough_name, key)
-        return StoreResult(stored, "delta", "delta", ratio)
+        return StoreResult(stored, "delta", "reference" if minted else "delta", ratio)
 
     async def _passthrough(
         self,

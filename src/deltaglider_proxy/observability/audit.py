@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +56,12 @@ class AuditEntry:
         )
 
 
+def mirror_path_from_env(environ: dict[str, str] | None = None) -> Path | None:
+    """``DGP_AUDIT_LOG_PATH``: append every entry as one JSON line to this file (unset: no mirror)."""
+    raw = (environ if environ is not None else dict(os.environ)).get("DGP_AUDIT_LOG_PATH", "").strip()
+    return Path(raw) if raw else None
+
+
 def ring_size_from_env(environ: dict[str, str] | None = None) -> int:
     """``DGP_AUDIT_RING_SIZE``; non-numeric or < 1 falls back to the default (§10.1)."""
     raw = (environ if environ is not None else dict(os.environ)).get("DGP_AUDIT_RING_SIZE", "")
@@ -73,6 +81,15 @@ class AuditRing:
         self._lock = threading.Lock()
         self._mirror = mirror
         self.recorded = 0  # lifetime count, for metrics
+        # Told the action of every entry (the audit-events counter).
+        self.observer: Callable[[str], None] | None = None
+        # The mirror is appended to by one writer thread, so recording (often on the event
+        # loop) never waits on the disk; entries keep their order.
+        self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        if mirror is not None:
+            self._writer = threading.Thread(target=self._write_mirror, name="audit-mirror", daemon=True)
+            self._writer.start()
 
     def record(
         self,
@@ -98,22 +115,33 @@ class AuditRing:
         with self._lock:
             self._entries.append(entry)
             self.recorded += 1
-            if self._mirror is not None:
-                self._append_mirror(entry)
-        log.info(entry.log_line(), extra={"audit": asdict(entry)})
+            if self._writer is not None:
+                self._lines.put((json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8"))
+        if self.observer is not None:
+            self.observer(entry.action)
+        # Flat fields, so a JSON log carries the audit fields as keys (control-plane.md §10.3).
+        log.info(entry.log_line(), extra={"audit": True, **asdict(entry)})
         return entry
 
-    def _append_mirror(self, entry: AuditEntry) -> None:
-        # One write() of one line with O_APPEND: concurrent writers never interleave inside a line.
-        line = (json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8")
-        try:
-            fd = os.open(self._mirror or "", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    def _write_mirror(self) -> None:
+        while (line := self._lines.get()) is not None:
+            # One write() of one line with O_APPEND: other processes appending to the same file
+            # (several instances on one host) never interleave inside a line.
             try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.error("audit mirror %s is not writable: %s", self._mirror, exc)
+                fd = os.open(self._mirror or "", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("audit mirror %s is not writable: %s", self._mirror, exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush the mirror: lines recorded before this call are on disk when it returns."""
+        if self._writer is not None:
+            self._lines.put(None)
+            self._writer.join(timeout)
+            self._writer = None
 
     def recent(self, limit: int | None = DEFAULT_READ_LIMIT) -> list[AuditEntry]:
         """Newest first; ``limit`` clamped to 1…500, default 100 (§10.1)."""

@@ -11,6 +11,10 @@ from typing import Any
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
+# Libraries whose DEBUG output carries whole requests (botocore logs signed S3 requests with their
+# Authorization header): a bare level takes them down to INFO at most; name them to go lower.
+_CHATTY_LIBRARIES = ("botocore", "aiobotocore", "urllib3", "s3transfer")
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -74,6 +78,8 @@ def parse_levels(spec: str) -> tuple[int, dict[str, int]]:
         )
         if level_text.strip().lower() == "trace":
             level = logging.DEBUG
+        elif level_text.strip().lower() == "off":
+            level = logging.CRITICAL + 10
         if not isinstance(level, int):
             raise ValueError(f"unknown log level {level_text!r} in {spec!r}")
         if sep:
@@ -92,3 +98,6 @@ def configure(level_spec: str, fmt: str) -> None:
     root.setLevel(default)
     for name, level in per_module.items():
         logging.getLogger(name).setLevel(level)
+    for name in _CHATTY_LIBRARIES:
+        if name not in per_module:
+            logging.getLogger(name).setLevel(max(default, logging.INFO))

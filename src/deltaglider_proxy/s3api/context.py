@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from deltaglider_proxy.auth.credentials import Credentials
@@ -10,6 +11,7 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.spool import Spool
 from deltaglider_proxy.observability.audit import AuditRing
+from deltaglider_proxy.observability.metrics import Metrics
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
 from deltaglider_proxy.s3api.http import S3Request
@@ -31,6 +33,10 @@ class Services:
     layout_access: bool = False
     # The process's audit ring (control-plane.md §10): admin/IAM mutations, logins, S3 writes.
     audit: AuditRing = field(default_factory=AuditRing)
+    # The process's metrics registry (control-plane.md §9).
+    metrics: Metrics = field(default_factory=lambda: Metrics(version="-", backend_type="filesystem"))
+    # bucket (None: no bucket) → "filesystem" | "s3", for the request log line.
+    storage_type: Callable[[str | None], str] = lambda bucket: "filesystem"
 
 
 async def _no_usage(bucket: str) -> int:
@@ -46,6 +52,8 @@ class Call:
     auth: AuthContext | None = None
     # Set for an unsigned request admitted by a public prefix: listings show only these.
     public_prefixes: tuple[str, ...] | None = None
+    # Keys a DeleteObjects request removed, one audit entry each (control-plane.md §10.2).
+    deleted_keys: list[str] = field(default_factory=list)
 
     @property
     def bucket(self) -> str:

@@ -1,6 +1,9 @@
-"""The S3 edge as one ASGI handler: parse → authenticate → dispatch → respond → log.
+"""The S3 edge as one ASGI handler: parse → authenticate → dispatch → respond → observe.
 
-Every response carries ``x-amz-request-id``; every request logs one structured line with it.
+Every response carries ``x-amz-request-id``; every request logs one structured line with it and
+is counted in the ``deltaglider_http_*`` metrics. Requests refused by authentication are counted
+too (control-plane.md §1.5 [D]: the metrics sit outside authentication). Successful writes are
+recorded in the audit ring (§10.2).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from urllib.parse import unquote
 
 from deltaglider_proxy.engine.keys import bucket_name_valid
 from deltaglider_proxy.observability.logs import request_id_var
+from deltaglider_proxy.observability.metrics import operation_label
+from deltaglider_proxy.policy.quotas import BucketFrozen, QuotaExceeded
 from deltaglider_proxy.s3api import dispatch, errors
 from deltaglider_proxy.s3api.body import ClientDisconnected
 from deltaglider_proxy.s3api.context import Call, Services
@@ -34,6 +39,16 @@ from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
 log = logging.getLogger("deltaglider_proxy.access")
 COMMON_HEADERS = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
 DRAIN_LIMIT = 1024 * 1024
+# Handlers whose success is an audited S3 write (control-plane.md §10.2); layout-access
+# variants (``layout_…``) are the same writes and audited alike.
+AUDITED_WRITES = {
+    "put_object": "s3_put",
+    "complete_multipart_upload": "s3_put",
+    "copy_object": "s3_copy",
+    "delete_object": "s3_delete",
+    "create_bucket": "s3_create_bucket",
+    "delete_bucket": "s3_delete_bucket",
+}
 
 
 def _split_target(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str | None, str | None, bool]:
@@ -72,6 +87,35 @@ async def _drain(req: S3Request) -> None:
             return
 
 
+def _auth_failure_reason(exc: Exception, presigned: bool) -> str:
+    """The ``reason`` label of ``deltaglider_auth_failures_total`` for a failed verification."""
+    if errors.InvalidAccessKeyId.matches(exc):
+        return "invalid_access_key"
+    if errors.SignatureDoesNotMatch.matches(exc):
+        return "invalid_signature"
+    # Malformed, expired or skewed: a broken presigned URL, or a broken Authorization header.
+    return "invalid_presigned" if presigned else "invalid_signature"
+
+
+def _principal(call: Call) -> str:
+    """Who the audit trail and the log name (control-plane.md §0, §10.2)."""
+    if call.auth is not None:
+        return "$bootstrap"  # the only SigV4 credentials until IAM users exist
+    if call.public_prefixes is not None:
+        return "$anonymous"
+    return "anonymous"
+
+
+def _response_length(response: Response) -> int | None:
+    """The Content-Length the response goes out with, or None (as send_response decides it)."""
+    if response.stream is not None:
+        return response.content_length
+    for name, value in response.headers:
+        if name.lower() == "content-length":
+            return int(value) if value.isdigit() else None
+    return None if response.status in (204, 304) else len(response.body)
+
+
 class S3Gateway:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -86,6 +130,7 @@ class S3Gateway:
         signed = SignedRequest(
             method=req.method, raw_path=req.raw_path, query_string=req.query_string, headers=req.headers
         )
+        metrics = self.services.metrics
         if not has_credentials(signed):
             public = self._public_grant(req)
             if public is not None:
@@ -94,15 +139,41 @@ class S3Gateway:
             if req.has("AWSAccessKeyId") and req.has("Signature"):
                 # A Signature Version 2 presigned URL (boto3's default for presigning without a
                 # signature_version): say which scheme to use rather than a bare AccessDenied.
+                metrics.auth_failed("invalid_presigned")
                 raise errors.InvalidRequest("Please use AWS4-HMAC-SHA256.")
+            metrics.auth_failed("missing_header")
             raise errors.AccessDenied()
-        call.auth = verify(
-            signed,
-            credentials,
-            now=datetime.now(UTC),
-            clock_skew_seconds=self.services.runtime.clock_skew_seconds,
-        )
+        try:
+            call.auth = verify(
+                signed,
+                credentials,
+                now=datetime.now(UTC),
+                clock_skew_seconds=self.services.runtime.clock_skew_seconds,
+            )
+        except Exception as exc:
+            metrics.auth_failed(_auth_failure_reason(exc, "authorization" not in req.headers))
+            raise
+        metrics.auth_succeeded()
         return call
+
+    def _audit(self, call: Call, operation: str) -> None:
+        action = AUDITED_WRITES.get(operation.removeprefix("layout_"))
+        if operation.removeprefix("layout_") == "delete_objects":
+            keys, action = call.deleted_keys, "s3_delete"
+        elif action is None:
+            return
+        else:
+            keys = [call.req.key or ""]
+        req = call.req
+        for key in keys:
+            self.services.audit.record(
+                action,
+                user=_principal(call),
+                ip=req.client_ip,
+                ua=req.headers.get("user-agent", ""),
+                bucket=req.bucket or "",
+                path=key,
+            )
 
     def _public_grant(self, req: S3Request) -> tuple[str, ...] | None:
         """The bucket's public prefixes when this unsigned request is a read they admit."""
@@ -146,8 +217,12 @@ class S3Gateway:
             request_id=request_id,
             virtual_host=virtual,
         )
-        operation = "-"
+        # The request's shape (§9.1) until a handler is chosen, so refused requests still say
+        # what they were; then the handler's own, finer name (upload_part, copy_object…).
+        operation = operation_label(req.method, req.bucket, req.key)
         principal = "-"
+        access_key = ""
+        call: Call | None = None
         response: Response
         body_consumed = False
         try:
@@ -156,16 +231,23 @@ class S3Gateway:
             if req.bucket is not None and not bucket_name_valid(req.bucket):
                 raise errors.InvalidBucketName(resource=req.bucket)
             call = self._authenticate(req)
-            principal = call.auth.access_key_id if call.auth else "anonymous"
+            principal = _principal(call)
+            access_key = call.auth.access_key_id if call.auth else ""
             handler = dispatch.resolve(call)
             operation = getattr(handler, "__name__", "-")
             response = await handler(call)
             body_consumed = True
         except ClientDisconnected:
-            log.info("client disconnected", extra=self._fields(req, operation, principal, 499, 0, started))
+            fields = self._fields(req, operation, principal, access_key, 499, 0, started)
+            log.info("client disconnected", extra=fields)
+            self._observe(req, 499, started, None)
             request_id_var.reset(token)
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes an S3 error response
+            if isinstance(exc, QuotaExceeded):
+                self.services.metrics.quota_rejected("exceeded")
+            elif isinstance(exc, BucketFrozen):
+                self.services.metrics.quota_rejected("frozen")
             error = to_s3_error(exc)
             response = Response(
                 status=error.status,
@@ -177,6 +259,8 @@ class S3Gateway:
                     await _drain(req)
         response.headers.extend(COMMON_HEADERS)
         response.headers.append(("x-amz-request-id", "0" if operation == "probe" else request_id))
+        if call is not None and response.status < 300:
+            self._audit(call, operation)
         sent = 0
         try:
             sent = await send_response(send, response, head=req.method == "HEAD")
@@ -184,16 +268,36 @@ class S3Gateway:
             log.error(
                 "response failed mid-stream: %r",
                 exc,
-                extra=self._fields(req, operation, principal, response.status, sent, started),
+                extra=self._fields(req, operation, principal, access_key, response.status, sent, started),
             )
+            self._observe(req, response.status, started, _response_length(response))
             request_id_var.reset(token)
             raise
-        log.info("request", extra=self._fields(req, operation, principal, response.status, sent, started))
+        fields = self._fields(req, operation, principal, access_key, response.status, sent, started)
+        log.info("request", extra=fields)
+        self._observe(req, response.status, started, _response_length(response))
         request_id_var.reset(token)
 
-    @staticmethod
+    def _observe(self, req: S3Request, status: int, started: float, response_bytes: int | None) -> None:
+        length = req.headers.get("content-length", "")
+        self.services.metrics.observe_request(
+            req.method,
+            operation_label(req.method, req.bucket, req.key),
+            status,
+            time.perf_counter() - started,
+            int(length) if length.isdigit() else None,
+            response_bytes,
+        )
+
     def _fields(
-        req: S3Request, operation: str, principal: str, status: int, sent: int, started: float
+        self,
+        req: S3Request,
+        operation: str,
+        principal: str,
+        access_key: str,
+        status: int,
+        sent: int,
+        started: float,
     ) -> dict[str, object]:
         return {
             "method": req.method,
@@ -201,9 +305,11 @@ class S3Gateway:
             "key": req.key or "",
             "operation": operation,
             "principal": principal,
+            "access_key": access_key,
             "status": status,
             "bytes_in": int(length) if (length := req.headers.get("content-length", "0")).isdigit() else 0,
             "bytes_out": sent,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "storage": self.services.storage_type(req.bucket),
             "client_ip": req.client_ip,
         }

@@ -235,6 +235,7 @@ async def delete_many(call: Call, delete: Callable[[str, str], Awaitable[object]
                 )
             )
             continue
+        call.deleted_keys.append(key)
         if not quiet:
             deleted.append(x.raw("Deleted", x.el("Key", key) + version_xml))
     call.services.quotas.record_delete(call.bucket)
