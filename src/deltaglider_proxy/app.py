@@ -49,7 +49,9 @@ def state_dir(snapshot: Snapshot) -> Path:
 
 
 def build_backend(snapshot: Snapshot) -> Backend:
-    return build_storage(snapshot.config.storage)
+    # Encryption work files (ciphertext in transit, legacy objects being authenticated) stay in
+    # the private state dir, beside the reference cache (both mode 0700).
+    return build_storage(snapshot.config.storage, state_dir(snapshot) / "crypt")
 
 
 @dataclass

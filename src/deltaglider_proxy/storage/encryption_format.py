@@ -27,7 +27,7 @@ import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +45,16 @@ MARKER_CHUNKED = "aes-256-gcm-chunked-v1"
 NATIVE_MARKER_KEY = "dg-encrypted-native"
 NATIVE_SSE_KMS = "sse-kms"
 NATIVE_SSE_S3 = "sse-s3"
+
+
+@dataclass(frozen=True)
+class ServerSideEncryption:
+    """The native modes of storage.md §11.1: the service encrypts, the proxy never sees keys."""
+
+    mode: Literal["sse-s3", "sse-kms"]
+    kms_key_id: str | None = None
+    bucket_key_enabled: bool = True
+
 
 # --- format constants (§11.3) ------------------------------------------------------------------
 
