@@ -38,7 +38,11 @@ def _prepare(snapshot: Snapshot) -> None:
         check_available()
     except CodecFailed as exc:
         _fail(f"delta codec: {exc}")
-    backend = build_backend(snapshot)
+    try:
+        backend = build_backend(snapshot)
+    except StorageError as exc:  # e.g. one key id naming two different keys
+        _fail(f"storage backend: {exc}")
+        return
 
     async def probe() -> None:
         start = getattr(backend, "start", None)
