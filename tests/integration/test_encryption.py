@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from tests.support.backends import (
     start_backend,
     started_proxy,
 )
-from tests.support.server import ProxyServer
+from tests.support.server import PROXY_BIN, ProxyServer
 
 CHUNK = 65_536
 FRAME = 4 + CHUNK + 16
@@ -428,3 +429,77 @@ def test_private_dirs_are_0700(setup: Setup) -> None:
         state = setup.root / "proxy" / "state"
     for name in ("references", "spool", "crypt.default"):
         assert (state / name).stat().st_mode & 0o777 == 0o700, name
+
+
+# --- rotation --------------------------------------------------------------------------------------
+
+ROTATED_CONFIG = f"""
+storage:
+  backend_encryption:
+    mode: aes256-gcm-proxy
+    key_id: {KEY_ID_B}
+    previous_keys:
+      - key_id: {KEY_ID_A}
+        key: "${{env:OLD_KEY}}"
+"""
+
+
+def run_rotation(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    root = setup.root / f"rotate-{uuid.uuid4().hex[:8]}"
+    root.mkdir()
+    config = root / "config.yaml"
+    config.write_text(ROTATED_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DGP_", "AWS_"))}
+    env.update(setup.backend.proxy_env(root))
+    env.update({"DGP_ENCRYPTION_KEY": KEY_B, "OLD_KEY": KEY_A})
+    if setup.kind == "filesystem":
+        env.update({"DGP_DATA_DIR": str(setup.proxy.data_dir), "DGP_STATE_DIR": str(root / "state")})
+    return subprocess.run(
+        [str(PROXY_BIN), "rotate-keys", "-c", str(config), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_rotate_keys_re_encrypts_in_place_and_resumes(setup: Setup, bucket: str) -> None:
+    v1 = sample(2 * CHUNK + 3, "rotate")
+    objects = {
+        "rel/a.zip": v1,
+        "rel/b.zip": v1[:-4] + b"tail",
+        "notes.txt": sample(100, "n"),
+        "bad.txt": b"x" * 99,
+    }
+    for key, body in objects.items():
+        setup.s3.put_object(Bucket=bucket, Key=key, Body=body)
+    stored = setup.layout.read(bucket, "bad.txt")
+    setup.replace_stored(bucket, "bad.txt", _flip(30)(stored))
+    names = ["bad.txt", "notes.txt", "rel/a.zip.delta", "rel/b.zip.delta", "rel/reference.bin"]
+
+    first = run_rotation(setup, "--bucket", bucket)
+    assert first.returncode == 1, first.stderr  # bad.txt cannot be decrypted: reported, left alone
+    assert "4 rotated" in first.stdout and "1 failed" in first.stdout
+    assert "bad.txt" in first.stderr and KEY_B not in first.stderr + first.stdout
+    for name in names:
+        expected = KEY_ID_A if name == "bad.txt" else KEY_ID_B
+        assert setup.user_metadata(bucket, name)["dg-encryption-key-id"] == expected, name
+        assert_no_plaintext_window(v1, setup.layout.read(bucket, name))
+
+    setup.replace_stored(bucket, "bad.txt", stored)  # repaired: a second run finishes the job
+    second = run_rotation(setup, "--bucket", bucket)
+    assert second.returncode == 0, second.stderr
+    assert "4 current" in second.stdout and "1 rotated" in second.stdout
+
+    only_b = setup.proxy_with(
+        f"only-b-{bucket}",
+        encrypted_config(setup.root).read_text().replace(KEY_ID_A, KEY_ID_B),
+        {"DGP_ENCRYPTION_KEY": KEY_B},
+    )
+    try:
+        client = make_client(only_b.endpoint)
+        for key, body in objects.items():
+            assert get(client, bucket, key) == body, key
+            assert client.head_object(Bucket=bucket, Key=key)["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    finally:
+        only_b.stop()

@@ -17,9 +17,11 @@ refused rather than served as if it were plaintext.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 1024 * 1024
 READ_BYTES = 16 * ef.CHUNK_SIZE
 MARKERS = (ef.MARKER_KEY, ef.KEY_ID_KEY)
+LEFTOVER_AGE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -182,9 +185,12 @@ class EncryptedBackend:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(self.work_dir, 0o700)
             # Leftovers of a crash: ciphertext never handed over, or plaintext of a legacy read.
+            # Only old ones: a rotate-keys run may share this directory with a live server.
+            cutoff = time.time() - LEFTOVER_AGE_SECONDS
             for leftover in self.work_dir.iterdir():
-                if leftover.is_file():
-                    leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
 
         await asyncio.to_thread(prepare)
         start = getattr(self.inner, "start", None)
