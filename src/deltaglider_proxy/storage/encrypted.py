@@ -98,7 +98,8 @@ def stored_plaintext_size(record: FileMetadata) -> int:
 
 def encrypt_file(key: bytes, source: Path, target: Path) -> int:
     """Write the chunked encryption of ``source`` to the new file ``target``; returns the
-    plaintext size. The file is fsynced: the backend may rename it into place as it is."""
+    plaintext size. Not fsynced here: the backend that takes the file makes it durable (the
+    filesystem backend fsyncs what it renames into place; the S3 backend only reads it)."""
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src).st_size
@@ -108,7 +109,6 @@ def encrypt_file(key: bytes, source: Path, target: Path) -> int:
             while chunk := os.read(src, BATCH_BYTES):
                 _write_all(dst, encryptor.update(chunk))
             _write_all(dst, encryptor.finish())
-            os.fsync(dst)
         finally:
             os.close(dst)
     finally:
@@ -380,9 +380,8 @@ class EncryptedBackend:
                 header = b"".join([c async for c in self.inner.read(bucket, name, 0, ef.HEADER_SIZE)])
                 decryptor = ef.ChunkedRangeDecryptor(key, size, header, plan)
                 source = self.inner.read(bucket, name, plan.wire_start, plan.wire_end)
-            async for piece in _batched(source):
-                for plain in await asyncio.to_thread(decryptor.update, piece):
-                    yield plain
+            async for plain in _pipelined(_batched(source), decryptor.update):
+                yield plain
             decryptor.finish()
         except ef.EncryptionError as exc:
             self._fail(bucket, name, stamped, str(exc))
@@ -492,6 +491,45 @@ async def _batched(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             pending, held = [], 0
     if pending:
         yield b"".join(pending)
+
+
+async def _pipelined(
+    source: AsyncIterator[bytes], decrypt: Callable[[bytes], list[bytes]]
+) -> AsyncIterator[bytes]:
+    """Decrypted ``source``, one joined piece per batch, with the next batch being read and
+    decrypted in threads while the caller sends this one: reading, AES and sending overlap
+    instead of taking turns. ``decrypt`` is stateful, so batches still go through it in order."""
+    ahead: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=2)
+
+    async def pump() -> None:
+        try:
+            async for piece in source:
+                await ahead.put(piece)
+            await ahead.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            await ahead.put(exc)
+
+    reader = asyncio.create_task(pump())
+    running: asyncio.Future[list[bytes]] | None = None
+    try:
+        while True:
+            item = await ahead.get()
+            if isinstance(item, Exception):
+                raise item
+            done = await running if running is not None else None
+            running = None
+            if item is not None:
+                running = asyncio.ensure_future(asyncio.to_thread(decrypt, item))
+            if done:
+                yield b"".join(done)
+            if item is None:
+                return
+    finally:
+        reader.cancel()
+        if running is not None:
+            running.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
 
 
 async def _stream_to_file(source: AsyncIterator[bytes], path: Path) -> None:
