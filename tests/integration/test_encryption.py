@@ -503,3 +503,41 @@ def test_rotate_keys_re_encrypts_in_place_and_resumes(setup: Setup, bucket: str)
             assert client.head_object(Bucket=bucket, Key=key)["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
     finally:
         only_b.stop()
+
+
+# --- legacy single-shot objects -------------------------------------------------------------------
+
+
+def _store_single_shot(setup: Setup, bucket: str, name: str, blob: bytes) -> None:
+    """Turn a proxy-written object into upstream's single-shot form: same record, other format."""
+    layout = setup.layout
+    if isinstance(layout, FilesystemLayout):
+        path = layout._path(bucket, name)
+        record = json.loads(os.getxattr(path, "user.dg.metadata"))
+        record["user_metadata"]["dg-encrypted"] = "aes-256-gcm-v1"
+        path.write_bytes(blob)
+        os.setxattr(path, "user.dg.metadata", json.dumps(record).encode())
+    else:
+        assert isinstance(layout, S3Layout)
+        meta = {**layout.metadata(bucket, name), "user-dg-encrypted": "aes-256-gcm-v1"}
+        layout.client.put_object(Bucket=bucket, Key=name, Body=blob, Metadata=meta)
+
+
+def test_legacy_single_shot_objects_are_read_and_verified(setup: Setup, bucket: str) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    body = sample(2 * CHUNK + 500, "legacy")
+    setup.s3.put_object(Bucket=bucket, Key="old/format.txt", Body=body)
+    iv = os.urandom(12)
+    blob = iv + AESGCM(bytes.fromhex(KEY_A)).encrypt(iv, body, None)  # IV ‖ ciphertext ‖ tag, no AAD
+    _store_single_shot(setup, bucket, "old/format.txt", blob)
+    assert get(setup.s3, bucket, "old/format.txt") == body
+    for first, last in ((0, 0), (CHUNK - 1, CHUNK + 1), (len(body) - 10, len(body) - 1)):
+        assert (
+            get(setup.s3, bucket, "old/format.txt", Range=f"bytes={first}-{last}") == body[first : last + 1]
+        )
+    _store_single_shot(setup, bucket, "old/format.txt", _flip(len(blob) - 1)(blob))
+    assert_internal_error(setup.s3, bucket, "old/format.txt")
+    assert_internal_error(setup.s3, bucket, "old/format.txt", Range="bytes=0-9")
+    _store_single_shot(setup, bucket, "old/format.txt", blob[:20])
+    assert_internal_error(setup.s3, bucket, "old/format.txt")
