@@ -541,3 +541,39 @@ def test_legacy_single_shot_objects_are_read_and_verified(setup: Setup, bucket: 
     assert_internal_error(setup.s3, bucket, "old/format.txt", Range="bytes=0-9")
     _store_single_shot(setup, bucket, "old/format.txt", blob[:20])
     assert_internal_error(setup.s3, bucket, "old/format.txt")
+
+
+def test_background_encoding_turns_encrypted_objects_into_encrypted_deltas(setup: Setup, bucket: str) -> None:
+    import random
+    import time
+
+    import requests
+
+    from tests.support.signing import signed_headers
+
+    background = setup.proxy_with(
+        f"bg-{bucket}",
+        encrypted_config(setup.root).read_text(),
+        {"DGP_ENCRYPTION_KEY": KEY_A, "DGP_DELTA_ENCODING": "background"},
+    )
+    try:
+        client = make_client(background.endpoint)
+        rng = random.Random(5)
+        base = rng.randbytes(300_000)
+        versions = [base, base[:1000] + b"edit" + base[1004:], base[:-10] + b"0123456789"]
+        for number, body in enumerate(versions):
+            client.put_object(Bucket=bucket, Key=f"bg/{number}.zip", Body=body)
+        url = f"{background.endpoint}/_/stats?bucket={bucket}"
+        deadline = time.monotonic() + 60
+        while int(requests.get(url, headers=signed_headers("GET", url)).json()["pending_delta_encodes"]):
+            assert time.monotonic() < deadline, "background encoding did not finish"
+            time.sleep(0.1)
+        names = setup.layout.names(bucket, "bg")
+        assert "reference.bin" in names and "2.zip.delta" in names, names
+        for name in names:
+            assert setup.user_metadata(bucket, f"bg/{name}")["dg-encryption-key-id"] == KEY_ID_A
+            assert setup.layout.read(bucket, f"bg/{name}")[:4] == b"DGE1"
+        for number, body in enumerate(versions):
+            assert get(client, bucket, f"bg/{number}.zip") == body
+    finally:
+        background.stop()
