@@ -66,6 +66,9 @@ class Runtime:
 async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     config = snapshot.config
     state = state_dir(snapshot)
+    # Plaintext lives here (spool, parts, reference cache) even when backends are encrypted.
+    await asyncio.to_thread(state.mkdir, 0o700, True, True)
+    await asyncio.to_thread(os.chmod, state, 0o700)
     backend = build_backend(snapshot)
     start = getattr(backend, "start", None)
     if start is not None:

@@ -427,8 +427,8 @@ def test_private_dirs_are_0700(setup: Setup) -> None:
     state = setup.proxy.data_dir / ".deltaglider"
     if setup.kind != "filesystem":
         state = setup.root / "proxy" / "state"
-    for name in ("references", "spool", "crypt.default"):
-        assert (state / name).stat().st_mode & 0o777 == 0o700, name
+    for path in (state, *(state / name for name in ("references", "spool", "multipart", "crypt.default"))):
+        assert path.stat().st_mode & 0o777 == 0o700, path
 
 
 # --- rotation --------------------------------------------------------------------------------------
