@@ -186,3 +186,16 @@ def test_native_modes_ask_the_service_to_encrypt(
         assert "sse-s3 only applies to S3 backends" in proxy.log()  # the filesystem backend
     finally:
         proxy.stop()
+
+
+def test_a_key_id_whose_key_changed_stops_the_start(tmp_path: Path) -> None:
+    config = PROXY_MODE + "    key_id: pinned\n"
+    first = start(tmp_path / "p", config, {"DGP_ENCRYPTION_KEY": KEY})
+    first.stop()
+    start(tmp_path / "p", config, {"DGP_ENCRYPTION_KEY": KEY}).stop()  # same key: starts again
+    data = str(tmp_path / "p" / "data")
+    other = "d4" * 32
+    changed = run_cli(tmp_path, config, {"DGP_ENCRYPTION_KEY": other, "DGP_DATA_DIR": data})
+    assert changed.returncode == 2, changed.stderr
+    assert "key id 'pinned' is not the key this proxy used under that id before" in changed.stderr
+    assert other not in changed.stderr and KEY not in changed.stderr

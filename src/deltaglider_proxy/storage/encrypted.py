@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -48,6 +49,7 @@ BATCH_BYTES = 1024 * 1024
 READ_BYTES = 16 * ef.CHUNK_SIZE
 MARKERS = (ef.MARKER_KEY, ef.KEY_ID_KEY)
 LEFTOVER_AGE_SECONDS = 3600
+KEY_CHECK_TEXT = b"deltaglider-proxy key check"
 
 
 @dataclass(frozen=True)
@@ -193,12 +195,49 @@ class EncryptedBackend:
                         leftover.unlink()
 
         await asyncio.to_thread(prepare)
+        await asyncio.to_thread(self._check_keys)
         start = getattr(self.inner, "start", None)
         if start is not None:
             await start()
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def _check_keys(self) -> None:
+        """Refuse to start when a key id now names other key bytes than it did before here.
+
+        The first start with a key id seals a known text under it in ``keycheck/``; later
+        starts must open it. This catches an explicit ``key_id`` whose key was changed, which
+        would otherwise only show as 500s on old objects (and new objects sealed under a key
+        that shares their id). Ids are hashed into file names, so any id is a safe name.
+        """
+        ring = self.policy.ring
+        pairs = [(ring.primary_key_id, ring.primary_key)]
+        pairs += [(ring.legacy.key_id, ring.legacy.key)] if ring.legacy else []
+        pairs += [(old.key_id, old.key) for old in ring.previous]
+        checks = self.work_dir / "keycheck"
+        checks.mkdir(mode=0o700, exist_ok=True)
+        for key_id, key in pairs:
+            if key_id is None or key is None:
+                continue
+            path = checks / hashlib.sha256(key_id.encode()).hexdigest()[:32]
+            try:
+                sealed = path.read_bytes()
+            except FileNotFoundError:
+                temp = path.with_suffix(".tmp")
+                temp.write_bytes(ef.encrypt_chunked(key, KEY_CHECK_TEXT))
+                os.replace(temp, path)
+                continue
+            try:
+                ok = ef.decrypt_chunked(key, sealed, len(KEY_CHECK_TEXT)) == KEY_CHECK_TEXT
+            except ef.EncryptionError:
+                ok = False
+            if not ok:
+                raise ef.EncryptionError(
+                    f"backend {self.name!r}: the key configured for key id {key_id!r} is not the key "
+                    f"this proxy used under that id before (checked against {path}); objects sealed "
+                    "with the old key would not open — restore that key, or give the new key a new key_id"
+                )
 
     def __getattr__(self, name: str) -> Any:
         # Backend-specific extras (sweep_temp_files, check, root...) stay reachable; copy is
