@@ -53,7 +53,9 @@ def state_dir(snapshot: Snapshot) -> Path:
 
 
 def build_backend(snapshot: Snapshot) -> Backend:
-    return build_storage(snapshot.config.storage)
+    # Encryption work files (ciphertext in transit, legacy objects being authenticated) stay in
+    # the private state dir, beside the reference cache (both mode 0700).
+    return build_storage(snapshot.config.storage, state_dir(snapshot) / "crypt")
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Runtime:
 async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
     config = snapshot.config
     state = state_dir(snapshot)
+    # Plaintext lives here (spool, parts, reference cache) even when backends are encrypted.
+    await asyncio.to_thread(state.mkdir, 0o700, True, True)
+    await asyncio.to_thread(os.chmod, state, 0o700)
     metrics = new_metrics(config.storage)
     backend = instrument(build_backend(snapshot), metrics)
     start = getattr(backend, "start", None)

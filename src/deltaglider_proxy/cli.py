@@ -16,6 +16,7 @@ import click
 from deltaglider_proxy import __version__
 from deltaglider_proxy.app import build_backend, state_dir
 from deltaglider_proxy.auth.credentials import resolve_credentials
+from deltaglider_proxy.cli_rotate import rotate_keys
 from deltaglider_proxy.config.load import ConfigError, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import parse_listen_addr
 from deltaglider_proxy.engine.codec import CodecFailed, check_available
@@ -38,7 +39,11 @@ def _prepare(snapshot: Snapshot) -> None:
         check_available()
     except CodecFailed as exc:
         _fail(f"delta codec: {exc}")
-    backend = build_backend(snapshot)
+    try:
+        backend = build_backend(snapshot)
+    except StorageError as exc:  # e.g. one key id naming two different keys
+        _fail(f"storage backend: {exc}")
+        return
 
     async def probe() -> None:
         start = getattr(backend, "start", None)
@@ -79,12 +84,19 @@ def _prepare(snapshot: Snapshot) -> None:
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("-l", "--listen", help="Listen address HOST:PORT (default 0.0.0.0:9000).")
 @click.version_option(__version__, "-V", "--version", prog_name="deltaglider-proxy")
-def main(config_path: str | None, listen: str | None) -> None:
-    """S3-compatible proxy that stores similar binaries as xdelta3 deltas."""
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, listen: str | None) -> None:
+    """S3-compatible proxy that stores similar binaries as xdelta3 deltas.
+
+    Without a command the server starts.
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"config_path": config_path}
+        return
     try:
         snapshot = load_snapshot(config_path, listen)
     except ConfigError as exc:
@@ -122,6 +134,8 @@ def serve(host: str, port: int, snapshot: Snapshot) -> None:
     )
     server.serve()
 
+
+main.add_command(rotate_keys)
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ reason (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from deltaglider_proxy.config.model import Config
 
+log = logging.getLogger(__name__)
 SEARCH_PATH = (
     "./deltaglider_proxy.yaml",
     "./deltaglider_proxy.yml",
@@ -238,6 +240,58 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         storage["backend"] = {"type": "filesystem", "path": env["DGP_DATA_DIR"]}
         doc["storage"] = storage
     _inject_backend_credentials(doc, env)
+    _inject_encryption_secrets(doc, env)
+
+
+def env_suffix(backend_name: str) -> str:
+    """``eu-archive`` → ``EU_ARCHIVE``: the ``<SUFFIX>`` of a named backend's env vars."""
+    return backend_name.upper().replace("-", "_").replace(".", "_")
+
+
+def _inject_encryption_secrets(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Encryption secrets from the environment (storage.md §11.2).
+
+    A non-empty variable replaces the file's value, but only for the mode the file already
+    declares: the environment can supply a key, never switch encryption on or off.
+    """
+    storage = doc.get("storage")
+    if not isinstance(storage, dict):
+        return
+    targets: list[tuple[str, str, Any]] = [
+        ("storage.backend_encryption", "", storage.get("backend_encryption"))
+    ]
+    backends = storage.get("backends")
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(backends if isinstance(backends, list) else []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        suffix = env_suffix(entry["name"])
+        if suffix in seen:
+            log.warning(
+                "backends %r and %r share the env suffix %s: DGP_BACKEND_%s_* configures both",
+                seen[suffix],
+                entry["name"],
+                suffix,
+                suffix,
+            )
+        seen[suffix] = entry["name"]
+        targets.append(
+            (f"storage.backends.{index}.encryption", f"BACKEND_{suffix}_", entry.get("encryption"))
+        )
+    for where, infix, block in targets:
+        if not isinstance(block, dict):
+            continue
+        mode = block.get("mode", "none")
+        if mode == "aes256-gcm-proxy":
+            var, field = f"DGP_{infix}ENCRYPTION_KEY", "key"
+        elif mode == "sse-kms":
+            var, field = f"DGP_{infix}SSE_KMS_KEY_ID", "kms_key_id"
+        else:
+            continue
+        if env.get(var):
+            block[field] = env[var]
+        elif field == "key" and block.get("key"):
+            log.warning("%s.key is read from the config file; prefer the environment variable %s", where, var)
 
 
 def _inject_backend_credentials(doc: dict[str, Any], env: Mapping[str, str]) -> None:

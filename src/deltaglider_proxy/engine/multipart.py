@@ -138,6 +138,7 @@ class MultipartStore:
     def start(self) -> None:
         """Load uploads that survived a restart."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)  # parts are plaintext, also for encrypted backends
         for upload_dir in self.directory.iterdir():
             manifest = upload_dir / "upload.json"
             try:

@@ -139,6 +139,33 @@ def _newest(delta: StoredObject | None, plain: StoredObject | None) -> StoredObj
     return delta if created(delta) >= created(plain) else plain
 
 
+async def _primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``stream`` with its first chunk already read: a failure to open or decrypt the object
+    then surfaces before the response starts (a clean error), not as a broken body."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()
+        raise
+
+    async def replay() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield first
+            async for chunk in stream:
+                yield chunk
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    return replay()
+
+
 class ObjectEngine:
     def __init__(
         self,
@@ -213,7 +240,7 @@ class ObjectEngine:
             return info, self._stream_decoded(decoded, start, end)
         if info.storage_type == "reference":
             raise IntegrityError(f"{bucket}/{raw_key}: a reference record under a user key (legacy layout)")
-        return info, self._stream(bucket, info.key, start, end)
+        return info, await _primed(self._stream(bucket, info.key, start, end))
 
     async def _stream_decoded(
         self, decoded: DecodedFile, start: int, end: int | None

@@ -25,8 +25,9 @@ import logging
 import re
 import secrets
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,6 +45,16 @@ MARKER_CHUNKED = "aes-256-gcm-chunked-v1"
 NATIVE_MARKER_KEY = "dg-encrypted-native"
 NATIVE_SSE_KMS = "sse-kms"
 NATIVE_SSE_S3 = "sse-s3"
+
+
+@dataclass(frozen=True)
+class ServerSideEncryption:
+    """The native modes of storage.md §11.1: the service encrypts, the proxy never sees keys."""
+
+    mode: Literal["sse-s3", "sse-kms"]
+    kms_key_id: str | None = None
+    bucket_key_enabled: bool = True
+
 
 # --- format constants (§11.3) ------------------------------------------------------------------
 
@@ -181,6 +192,9 @@ class KeyRing:
     primary_key_id: str | None = None
     primary_key: bytes | None = field(default=None, repr=False)
     legacy: LegacyKey | None = None
+    # Older generations kept for reads (``previous_keys``, our extension of the one legacy slot):
+    # an object stamped with one of these ids is decrypted with its key, never written with it.
+    previous: tuple[LegacyKey, ...] = ()
 
     @classmethod
     def build(
@@ -191,8 +205,14 @@ class KeyRing:
         key_id: str | None = None,
         legacy_key: bytes | None = None,
         legacy_key_id: str | None = None,
+        previous: Sequence[tuple[bytes, str | None]] = (),
     ) -> KeyRing:
-        """Assemble a ring from configured values; a ``legacy_key_id`` without key is ignored."""
+        """Assemble a ring from configured values; a ``legacy_key_id`` without key is ignored.
+
+        ``previous`` holds (key, key_id) pairs; a missing id is derived as for a *primary* key
+        (not the ``::legacy`` derivation), so moving the active key into ``previous`` keeps
+        matching the id stamped on the objects it wrote.
+        """
         if key is not None:
             _check_key(key)
             key_id = key_id or derive_key_id(backend_name, key)
@@ -200,7 +220,18 @@ class KeyRing:
         if legacy_key is not None:
             _check_key(legacy_key)
             legacy = LegacyKey(legacy_key_id or derive_legacy_key_id(backend_name, legacy_key), legacy_key)
-        return cls(backend_name, key_id or None, key, legacy)
+        older = []
+        for old_key, old_id in previous:
+            _check_key(old_key)
+            older.append(LegacyKey(old_id or derive_key_id(backend_name, old_key), old_key))
+        return cls(backend_name, key_id or None, key, legacy, tuple(older))
+
+    @property
+    def known_ids(self) -> tuple[str, ...]:
+        """Every key id this ring can decrypt (for messages; never key bytes)."""
+        ids = [self.primary_key_id] if self.primary_key is not None and self.primary_key_id else []
+        ids += [self.legacy.key_id] if self.legacy is not None else []
+        return tuple(ids + [old.key_id for old in self.previous])
 
     def key_for(self, stamped_id: str | None) -> bytes:
         """The key for an object whose ``dg-encryption-key-id`` is ``stamped_id`` (None: absent)."""
@@ -218,14 +249,21 @@ class KeyRing:
             )
         if self.legacy is not None and stamped_id == self.legacy.key_id:
             return self.legacy.key
+        for old in self.previous:
+            if stamped_id == old.key_id:
+                return old.key
         if self.primary_key is None and self.primary_key_id is None:
             legacy_note = f"; its legacy key id is {self.legacy.key_id!r}" if self.legacy else ""
+            if self.previous:
+                legacy_note += f"; previous key ids {[old.key_id for old in self.previous]}"
             raise EncryptionKeyError(
                 f"object was encrypted with key id {stamped_id!r}, but backend {self.backend_name!r} "
                 f"has NO encryption key configured{legacy_note} — configure the key that wrote it "
                 f"(as key, or as legacy_key with legacy_key_id={stamped_id!r})"
             )
         legacy_note = f" (legacy key id {self.legacy.key_id!r})" if self.legacy else ""
+        if self.previous:
+            legacy_note += f" (previous key ids {[old.key_id for old in self.previous]})"
         raise EncryptionKeyError(
             f"object was encrypted with key id {stamped_id!r}, but this backend is configured with "
             f"key id {self.primary_key_id!r} (no legacy-shim match either{legacy_note}) — if the "

@@ -51,6 +51,7 @@ from deltaglider_proxy.storage.base import (
     StorageError,
     StoredObject,
 )
+from deltaglider_proxy.storage.encryption_format import NATIVE_MARKER_KEY, ServerSideEncryption
 from deltaglider_proxy.storage.metadata import (
     DELTA_SUFFIX,
     REFERENCE_NAME,
@@ -306,6 +307,7 @@ class S3Backend:
         read_timeout: float = 60.0,
         max_attempts: int = 3,
         extra_headers: Mapping[str, str] | None = None,
+        server_side_encryption: ServerSideEncryption | None = None,
     ) -> None:
         if not use_credential_chain and not (access_key_id and secret_access_key):
             raise BackendConfigError(CREDENTIALS_REQUIRED)
@@ -328,6 +330,7 @@ class S3Backend:
         self._read_timeout = read_timeout
         self._max_attempts = max_attempts
         self._extra_headers = dict(extra_headers or {})
+        self._sse = server_side_encryption
         self.list_page_size = 1000
         self.list_buffer_limit = 4096
         self.part_concurrency = 4
@@ -406,6 +409,26 @@ class S3Backend:
             if status is not None and status >= 500:
                 raise BackendUnavailable(str(error)) from exc
             raise error from exc
+
+    def _sse_params(self) -> dict[str, Any]:
+        """Request parameters asking the service to encrypt what it stores (storage.md §11.6)."""
+        sse = self._sse
+        if sse is None:
+            return {}
+        if sse.mode == "sse-s3":
+            return {"ServerSideEncryption": "AES256"}
+        return {
+            "ServerSideEncryption": "aws:kms",
+            "SSEKMSKeyId": sse.kms_key_id,
+            "BucketKeyEnabled": sse.bucket_key_enabled,
+        }
+
+    def _with_native_marker(self, metadata: dict[str, str]) -> dict[str, str]:
+        # Write-only marker (never parsed back): tells an operator looking at the bucket why
+        # the objects are encrypted although the records carry no proxy-AES marker.
+        if self._sse is not None:
+            metadata[NATIVE_MARKER_KEY] = self._sse.mode
+        return metadata
 
     @property
     def _s3(self) -> S3Client:
@@ -557,7 +580,7 @@ class S3Backend:
         move: bool = False,
         if_absent: bool = False,
     ) -> StoredObject:
-        metadata = wire_metadata(record, name)
+        metadata = self._with_native_marker(wire_metadata(record, name))
         try:
             size = (await asyncio.to_thread(os.stat, source)).st_size
         except OSError as exc:
@@ -584,7 +607,12 @@ class S3Backend:
 
         async def attempt() -> str:
             response = await self._s3.put_object(
-                Bucket=bucket, Key=name, Body=b"", ContentType=DIRECTORY_CONTENT_TYPE
+                Bucket=bucket,
+                Key=name,
+                Body=b"",
+                ContentType=DIRECTORY_CONTENT_TYPE,
+                Metadata=self._with_native_marker({}),
+                **self._sse_params(),
             )
             return response["ETag"]
 
@@ -634,7 +662,7 @@ class S3Backend:
                 }
                 if conditional:
                     request["IfNoneMatch"] = "*"
-                response = await self._s3.put_object(**request)
+                response = await self._s3.put_object(**request, **self._sse_params())
             finally:
                 body.close()
             return response["ETag"]
@@ -679,7 +707,7 @@ class S3Backend:
             bucket,
             name,
             lambda: self._s3.create_multipart_upload(
-                Bucket=bucket, Key=name, ContentType=OCTET_STREAM, Metadata=metadata
+                Bucket=bucket, Key=name, ContentType=OCTET_STREAM, Metadata=metadata, **self._sse_params()
             ),
         )
         upload_id = created["UploadId"]
@@ -805,7 +833,7 @@ class S3Backend:
         source version that was measured, so a concurrent overwrite fails it instead of
         mixing two versions.
         """
-        metadata = wire_metadata(record, target_name)
+        metadata = self._with_native_marker(wire_metadata(record, target_name))
         source = await self._head_object(bucket, source_name)
         if source is None:
             raise ObjectNotFound(source_name)
@@ -827,7 +855,10 @@ class S3Backend:
                 "ContentType": OCTET_STREAM,
             }
             response = await self._call(
-                "CopyObject", target_bucket, target_name, lambda: self._s3.copy_object(**request)
+                "CopyObject",
+                target_bucket,
+                target_name,
+                lambda: self._s3.copy_object(**request, **self._sse_params()),
             )
             result = response.get("CopyObjectResult", {})
             etag = result.get("ETag", "")
@@ -856,7 +887,11 @@ class S3Backend:
             target_bucket,
             target_name,
             lambda: self._s3.create_multipart_upload(
-                Bucket=target_bucket, Key=target_name, ContentType=OCTET_STREAM, Metadata=metadata
+                Bucket=target_bucket,
+                Key=target_name,
+                ContentType=OCTET_STREAM,
+                Metadata=metadata,
+                **self._sse_params(),
             ),
         )
         upload_id = created["UploadId"]

@@ -1,0 +1,585 @@
+"""The encryption layer every backend is wrapped in (storage.md §11.4–§11.6).
+
+Above this wrapper everything is plaintext: the engine hands it plaintext files and reads back
+plaintext streams, and ``StoredObject.size`` is the size of the stored representation's
+plaintext. Below it the backend only ever sees ``aes-256-gcm-chunked-v1`` ciphertext for
+backends in ``aes256-gcm-proxy`` mode. Writes encrypt file to file in a worker thread into a
+private work directory and hand the ciphertext file to the backend, so memory stays at a few
+MiB whatever the object size. Reads decrypt frame by frame; a range decrypts only the frames it
+covers. The legacy single-shot format (``aes-256-gcm-v1``) is read-only: it is authenticated
+into a private temp file before a byte of it is served.
+
+The wrapper runs in every mode, also ``none``: marked objects are still decrypted (with a
+legacy or previous key) or refused, and an unmarked body starting with the chunked magic is
+refused rather than served as if it were plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from deltaglider_proxy.storage import encryption_format as ef
+from deltaglider_proxy.storage.base import (
+    Backend,
+    BucketInfo,
+    CommonPrefix,
+    ObjectNotFound,
+    StoredObject,
+)
+from deltaglider_proxy.storage.metadata import FileMetadata
+
+log = logging.getLogger(__name__)
+
+# Ciphertext is handed to AES in pieces of about this size: big enough that the thread hop is
+# noise next to the AES work, small enough that a request holds a few MiB at most.
+BATCH_BYTES = 1024 * 1024
+READ_BYTES = 16 * ef.CHUNK_SIZE
+MARKERS = (ef.MARKER_KEY, ef.KEY_ID_KEY)
+LEFTOVER_AGE_SECONDS = 3600
+KEY_CHECK_TEXT = b"deltaglider-proxy key check"
+
+
+@dataclass(frozen=True)
+class EncryptionPolicy:
+    """What one backend's wrapper does: which keys it reads with, whether it encrypts writes."""
+
+    ring: ef.KeyRing
+    encrypt_writes: bool = False
+
+    @property
+    def backend_name(self) -> str:
+        return self.ring.backend_name
+
+    @property
+    def write_key(self) -> tuple[bytes, str] | None:
+        ring = self.ring
+        if not self.encrypt_writes or ring.primary_key is None or ring.primary_key_id is None:
+            return None
+        return ring.primary_key, ring.primary_key_id
+
+
+def markers_of(record: FileMetadata | None) -> tuple[str | None, str | None]:
+    """(``dg-encrypted`` marker, stamped key id) of a stored record."""
+    if record is None:
+        return None, None
+    meta = record.user_metadata
+    return meta.get(ef.MARKER_KEY), meta.get(ef.KEY_ID_KEY)
+
+
+def without_markers(record: FileMetadata) -> FileMetadata:
+    """The record minus encryption markers: what the engine hands down describes plaintext,
+    even when it was copied from the record of an encrypted object."""
+    if not any(name in record.user_metadata for name in MARKERS):
+        return record
+    user = {k: v for k, v in record.user_metadata.items() if k not in MARKERS}
+    return replace(record, user_metadata=user)
+
+
+def stored_plaintext_size(record: FileMetadata) -> int:
+    """Plaintext size of what is stored for ``record``: the delta for deltas, else the object."""
+    if record.note == "delta" and record.delta_size is not None:
+        return record.delta_size
+    return record.file_size
+
+
+# --- blocking file work (worker threads) -------------------------------------------------------
+
+
+def encrypt_file(key: bytes, source: Path, target: Path) -> int:
+    """Write the chunked encryption of ``source`` to the new file ``target``; returns the
+    plaintext size. Not fsynced here: the backend that takes the file makes it durable (the
+    filesystem backend fsyncs what it renames into place; the S3 backend only reads it)."""
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(src).st_size
+        encryptor = ef.ChunkedEncryptor(key, size)
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := os.read(src, BATCH_BYTES):
+                _write_all(dst, encryptor.update(chunk))
+            _write_all(dst, encryptor.finish())
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return size
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    # Frame-sized pieces go out in one writev; a short write resumes where it stopped.
+    while pieces:
+        written = os.writev(fd, pieces)
+        while pieces and written >= len(pieces[0]):
+            written -= len(pieces[0])
+            pieces = pieces[1:]
+        if pieces and written:
+            pieces = [pieces[0][written:], *pieces[1:]]
+
+
+def decrypt_single_shot_file(key: bytes, source: Path, target: Path) -> None:
+    """Authenticate and decrypt an ``aes-256-gcm-v1`` blob file to ``target`` (streaming GCM,
+    so memory stays bounded; ``target`` is removed unless the tag verifies)."""
+    size = os.path.getsize(source)
+    if size < ef.SINGLE_SHOT_OVERHEAD:
+        raise ef.MalformedCiphertext(
+            f"encrypted object is {size} bytes; the {ef.MARKER_SINGLE_SHOT} format needs at least "
+            f"{ef.SINGLE_SHOT_OVERHEAD}"
+        )
+    with open(source, "rb") as src:
+        iv = src.read(ef.IV_SIZE)
+        src.seek(size - ef.TAG_SIZE)
+        tag = src.read(ef.TAG_SIZE)
+        src.seek(ef.IV_SIZE)
+        decryptor = Cipher(algorithms.AES(key), modes.GCM(iv, tag)).decryptor()
+        remaining = size - ef.SINGLE_SHOT_OVERHEAD
+        try:
+            with open(target, "xb") as dst:
+                while remaining:
+                    chunk = src.read(min(BATCH_BYTES, remaining))
+                    remaining -= len(chunk)
+                    dst.write(decryptor.update(chunk))
+                decryptor.finalize()
+        except InvalidTag:
+            target.unlink(missing_ok=True)
+            raise ef.DecryptionError(ef.DECRYPTION_FAILED) from None
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
+
+# --- the wrapper -------------------------------------------------------------------------------
+
+
+class EncryptedBackend:
+    """A :class:`Backend` that seals what it writes and opens what it reads (module docstring).
+
+    ``work_dir`` holds ciphertext on its way to the backend and legacy objects being
+    authenticated; it is created with mode 0700 and should sit on the backend's filesystem for
+    filesystem backends (the ciphertext file is then renamed into place, not copied).
+    """
+
+    def __init__(self, inner: Backend, policy: EncryptionPolicy, work_dir: Path) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.work_dir = work_dir
+
+    @property
+    def name(self) -> str:
+        return self.policy.backend_name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        def prepare() -> None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.work_dir, 0o700)
+            # Leftovers of a crash: ciphertext never handed over, or plaintext of a legacy read.
+            # Only old ones: a rotate-keys run may share this directory with a live server.
+            cutoff = time.time() - LEFTOVER_AGE_SECONDS
+            for leftover in self.work_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
+
+        await asyncio.to_thread(prepare)
+        await asyncio.to_thread(self._check_keys)
+        start = getattr(self.inner, "start", None)
+        if start is not None:
+            await start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def _check_keys(self) -> None:
+        """Refuse to start when a key id now names other key bytes than it did before here.
+
+        The first start with a key id seals a known text under it in ``keycheck/``; later
+        starts must open it. This catches an explicit ``key_id`` whose key was changed, which
+        would otherwise only show as 500s on old objects (and new objects sealed under a key
+        that shares their id). Ids are hashed into file names, so any id is a safe name.
+        """
+        ring = self.policy.ring
+        pairs = [(ring.primary_key_id, ring.primary_key)]
+        pairs += [(ring.legacy.key_id, ring.legacy.key)] if ring.legacy else []
+        pairs += [(old.key_id, old.key) for old in ring.previous]
+        checks = self.work_dir / "keycheck"
+        checks.mkdir(mode=0o700, exist_ok=True)
+        for key_id, key in pairs:
+            if key_id is None or key is None:
+                continue
+            path = checks / hashlib.sha256(key_id.encode()).hexdigest()[:32]
+            try:
+                sealed = path.read_bytes()
+            except FileNotFoundError:
+                temp = path.with_suffix(".tmp")
+                temp.write_bytes(ef.encrypt_chunked(key, KEY_CHECK_TEXT))
+                os.replace(temp, path)
+                continue
+            try:
+                ok = ef.decrypt_chunked(key, sealed, len(KEY_CHECK_TEXT)) == KEY_CHECK_TEXT
+            except ef.EncryptionError:
+                ok = False
+            if not ok:
+                raise ef.EncryptionError(
+                    f"backend {self.name!r}: the key configured for key id {key_id!r} is not the key "
+                    f"this proxy used under that id before (checked against {path}); objects sealed "
+                    "with the old key would not open — restore that key, or give the new key a new key_id"
+                )
+
+    def __getattr__(self, name: str) -> Any:
+        # Backend-specific extras (sweep_temp_files, check, root...) stay reachable; copy is
+        # not among them (see EncryptedCopyingBackend).
+        if name in ("copy", "can_copy"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    # ------------------------------------------------------------------ buckets (bytes-free)
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        return await self.inner.list_buckets()
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        return await self.inner.bucket_exists(bucket)
+
+    async def create_bucket(self, bucket: str) -> bool:
+        return await self.inner.create_bucket(bucket)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self.inner.delete_bucket(bucket)
+
+    async def usage_bytes(self, bucket: str) -> int:
+        return await self.inner.usage_bytes(bucket)  # stored (ciphertext) bytes: what costs money
+
+    async def delete(self, bucket: str, name: str) -> bool:
+        return await self.inner.delete(bucket, name)
+
+    async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:
+        return await self.inner.write_directory_marker(bucket, name)
+
+    # ------------------------------------------------------------------ metadata
+
+    async def head(self, bucket: str, name: str) -> StoredObject | None:
+        return _plaintext_view(await self.inner.head(bucket, name))
+
+    async def list(
+        self, bucket: str, prefix: str = "", start_after: str = "", delimiter: str | None = None
+    ) -> AsyncIterator[StoredObject | CommonPrefix]:
+        async for entry in self.inner.list(bucket, prefix, start_after, delimiter):
+            yield _plaintext(entry) if isinstance(entry, StoredObject) else entry
+
+    # ------------------------------------------------------------------ write
+
+    async def write(
+        self,
+        bucket: str,
+        name: str,
+        source: Path,
+        record: FileMetadata,
+        *,
+        move: bool = False,
+        if_absent: bool = False,
+    ) -> StoredObject:
+        record = without_markers(record)
+        write_key = self.policy.write_key
+        if write_key is None:
+            return await self.inner.write(bucket, name, source, record, move=move, if_absent=if_absent)
+        key, key_id = write_key
+        sealed = self._temp_path(".sealed")
+        try:
+            size = await asyncio.to_thread(encrypt_file, key, source, sealed)
+            marked = replace(
+                record,
+                user_metadata={
+                    **record.user_metadata,
+                    ef.MARKER_KEY: ef.MARKER_CHUNKED,
+                    ef.KEY_ID_KEY: key_id,
+                },
+            )
+            stored = await self.inner.write(bucket, name, sealed, marked, move=True, if_absent=if_absent)
+        finally:
+            await asyncio.to_thread(sealed.unlink, True)
+        if move:
+            await asyncio.to_thread(source.unlink, True)
+        return replace(stored, size=size)
+
+    # ------------------------------------------------------------------ read
+
+    async def read(
+        self, bucket: str, name: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Plaintext bytes [start, end) of the object (see the module docstring)."""
+        # The record decides how to read, so it is looked up fresh for every read: a cached one
+        # could let an object replaced by its encrypted version be served as plaintext.
+        stored = await self.inner.head(bucket, name)
+        if stored is None:
+            raise ObjectNotFound(name)
+        marker, stamped = markers_of(stored.record)
+        if marker is None:
+            async for chunk in self._read_unmarked(bucket, name, start, end):
+                yield chunk
+            return
+        assert stored.record is not None
+        key = self._key_for(bucket, name, stamped)
+        if marker == ef.MARKER_CHUNKED:
+            size = stored_plaintext_size(stored.record)
+            reader = self._read_chunked(bucket, name, stored, key, stamped, size, start, end)
+        elif marker == ef.MARKER_SINGLE_SHOT:
+            reader = self._read_single_shot(bucket, name, key, stamped, start, end)
+        else:
+            self._fail(bucket, name, stamped, f"unknown dg-encrypted marker {marker!r}")
+        async for chunk in reader:
+            yield chunk
+
+    def _key_for(self, bucket: str, name: str, stamped: str | None) -> bytes:
+        try:
+            return self.policy.ring.key_for(stamped)
+        except ef.EncryptionKeyError as exc:
+            self._fail(bucket, name, stamped, str(exc))
+
+    def _fail(self, bucket: str, name: str, stamped: str | None, reason: str) -> NoReturn:
+        """Log (with the key id, never key bytes) and raise; clients only see a 500."""
+        log.error(
+            "encrypted object %s/%s on backend %r (key id %s) cannot be served: %s",
+            bucket,
+            name,
+            self.name,
+            stamped or "(none stamped)",
+            reason,
+        )
+        raise ef.EncryptionError(f"{bucket}/{name}: {reason}")
+
+    async def _read_unmarked(
+        self, bucket: str, name: str, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        if start > 0:
+            # Only a read from offset 0 can see the magic; check the object's first bytes too.
+            head = b"".join([c async for c in self.inner.read(bucket, name, 0, len(ef.MAGIC))])
+            self._refuse_magic(bucket, name, head)
+        first = start == 0
+        async for chunk in self.inner.read(bucket, name, start, end):
+            if first:
+                first = False
+                head = chunk
+                if len(head) < len(ef.MAGIC):  # a short first chunk (or range): look further
+                    rest = self.inner.read(bucket, name, len(head), len(ef.MAGIC))
+                    head += b"".join([c async for c in rest])
+                self._refuse_magic(bucket, name, head)
+            yield chunk
+
+    def _refuse_magic(self, bucket: str, name: str, head: bytes) -> None:
+        try:
+            ef.refuse_unmarked_ciphertext(head)
+        except ef.UnmarkedCiphertext as exc:
+            self._fail(bucket, name, None, str(exc))
+
+    async def _read_chunked(
+        self,
+        bucket: str,
+        name: str,
+        stored: StoredObject,
+        key: bytes,
+        stamped: str | None,
+        size: int,
+        start: int,
+        end: int | None,
+    ) -> AsyncIterator[bytes]:
+        end = size if end is None else min(end, size)
+        start = max(start, 0)
+        wire = ef.chunked_wire_size(size)
+        if stored.size != wire:
+            self._fail(
+                bucket,
+                name,
+                stamped,
+                f"stored size {stored.size} is not the {wire} bytes a {size}-byte plaintext encrypts to "
+                "(truncated, or the record was edited)",
+            )
+        whole = start == 0 and end == size
+        if not whole and start >= end:
+            return
+        try:
+            if whole:
+                decryptor: Any = ef.ChunkedDecryptor(key, size)
+                source = self.inner.read(bucket, name)
+            else:
+                plan = ef.plan_range(size, start, end)
+                header = b"".join([c async for c in self.inner.read(bucket, name, 0, ef.HEADER_SIZE)])
+                decryptor = ef.ChunkedRangeDecryptor(key, size, header, plan)
+                source = self.inner.read(bucket, name, plan.wire_start, plan.wire_end)
+            async for plain in _pipelined(_batched(source), decryptor.update):
+                yield plain
+            decryptor.finish()
+        except ef.EncryptionError as exc:
+            self._fail(bucket, name, stamped, str(exc))
+
+    async def _read_single_shot(
+        self, bucket: str, name: str, key: bytes, stamped: str | None, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        sealed = self._temp_path(".legacy")
+        opened = self._temp_path(".plain")
+        try:
+            await _stream_to_file(self.inner.read(bucket, name), sealed)
+            try:
+                await asyncio.to_thread(decrypt_single_shot_file, key, sealed, opened)
+            except ef.EncryptionError as exc:
+                self._fail(bucket, name, stamped, str(exc))
+            await asyncio.to_thread(sealed.unlink, True)
+            handle = await asyncio.to_thread(open, opened, "rb")
+            with handle:
+                await asyncio.to_thread(handle.seek, max(start, 0))
+                remaining = None if end is None else end - max(start, 0)
+                while remaining is None or remaining > 0:
+                    want = BATCH_BYTES if remaining is None else min(BATCH_BYTES, remaining)
+                    chunk = await asyncio.to_thread(handle.read, want)
+                    if not chunk:
+                        break
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                    yield chunk
+        finally:
+            await asyncio.to_thread(_unlink_all, sealed, opened)
+
+    def _temp_path(self, suffix: str) -> Path:
+        return self.work_dir / f".dg.crypt.{secrets.token_hex(8)}{suffix}"
+
+
+class EncryptedCopyingBackend(EncryptedBackend):
+    """The wrapper of a backend that copies server-side (S3).
+
+    A copy moves the stored bytes as they are only when they are already what a write would
+    store (ciphertext under the active key, or plaintext when writes are not encrypted);
+    otherwise the object is decrypted and written again, so copying an object onto itself is
+    also a way to re-encrypt it (storage.md §11.7).
+    """
+
+    def can_copy(self, src_bucket: str, dst_bucket: str) -> bool:
+        return True
+
+    async def copy(
+        self, bucket: str, source_name: str, target_bucket: str, target_name: str, record: FileMetadata
+    ) -> StoredObject:
+        copier: Callable[..., Any] = self.inner.copy  # type: ignore[attr-defined]
+        source = await self.inner.head(bucket, source_name)
+        if source is None:
+            raise ObjectNotFound(source_name)
+        record = without_markers(record)
+        marker, stamped = markers_of(source.record)
+        write_key = self.policy.write_key
+        if marker is None and write_key is None:
+            stored: StoredObject = await copier(bucket, source_name, target_bucket, target_name, record)
+            return stored
+        if marker is not None and write_key is not None and stamped == write_key[1]:
+            marked = replace(
+                record, user_metadata={**record.user_metadata, ef.MARKER_KEY: marker, ef.KEY_ID_KEY: stamped}
+            )
+            stored = await copier(bucket, source_name, target_bucket, target_name, marked)
+            return _plaintext(stored)
+        plain = self._temp_path(".copy")
+        try:
+            await _stream_to_file(self.read(bucket, source_name), plain)
+            return await self.write(target_bucket, target_name, plain, record, move=True)
+        finally:
+            await asyncio.to_thread(plain.unlink, True)
+
+
+def wrap(inner: Backend, policy: EncryptionPolicy, work_dir: Path) -> EncryptedBackend:
+    """The encryption wrapper for ``inner``, able to copy server-side when ``inner`` is."""
+    if callable(getattr(inner, "copy", None)):
+        return EncryptedCopyingBackend(inner, policy, work_dir)
+    return EncryptedBackend(inner, policy, work_dir)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _plaintext_view(stored: StoredObject | None) -> StoredObject | None:
+    return None if stored is None else _plaintext(stored)
+
+
+def _plaintext(stored: StoredObject) -> StoredObject:
+    """``stored`` with its size as the plaintext size, when it is an encrypted object."""
+    if stored.record is None:
+        return stored
+    marker, _ = markers_of(stored.record)
+    if marker is None:
+        return stored
+    return replace(stored, size=stored_plaintext_size(stored.record))
+
+
+async def _batched(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in source:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= BATCH_BYTES:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+async def _pipelined(
+    source: AsyncIterator[bytes], decrypt: Callable[[bytes], list[bytes]]
+) -> AsyncIterator[bytes]:
+    """Decrypted ``source``, one joined piece per batch, with the next batch being read and
+    decrypted in threads while the caller sends this one: reading, AES and sending overlap
+    instead of taking turns. ``decrypt`` is stateful, so batches still go through it in order."""
+    ahead: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=2)
+
+    async def pump() -> None:
+        try:
+            async for piece in source:
+                await ahead.put(piece)
+            await ahead.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            await ahead.put(exc)
+
+    reader = asyncio.create_task(pump())
+    running: asyncio.Future[list[bytes]] | None = None
+    try:
+        while True:
+            item = await ahead.get()
+            if isinstance(item, Exception):
+                raise item
+            done = await running if running is not None else None
+            running = None
+            if item is not None:
+                running = asyncio.ensure_future(asyncio.to_thread(decrypt, item))
+            if done:
+                yield b"".join(done)
+            if item is None:
+                return
+    finally:
+        reader.cancel()
+        if running is not None:
+            running.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+async def _stream_to_file(source: AsyncIterator[bytes], path: Path) -> None:
+    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        async for piece in _batched(source):
+            await asyncio.to_thread(_write_all, fd, [piece])
+    finally:
+        os.close(fd)
+
+
+def _unlink_all(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
