@@ -10,9 +10,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deltaglider_proxy.admin.api import AdminApi
 from deltaglider_proxy.admin.routes import AdminRoutes
+from deltaglider_proxy.admin.state import AdminState
+from deltaglider_proxy.auth.access import AccessControl
+from deltaglider_proxy.auth.bootstrap import resolve_bootstrap
+from deltaglider_proxy.auth.clientip import ClientIpResolver, parse_cidrs
 from deltaglider_proxy.auth.credentials import resolve_credentials
-from deltaglider_proxy.config.load import Snapshot, load_snapshot
+from deltaglider_proxy.auth.ratelimit import RateLimiter
+from deltaglider_proxy.auth.sessions import SessionStore
+from deltaglider_proxy.config.load import RuntimeSettings, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import FilesystemBackendConfig
 from deltaglider_proxy.engine.background import BackgroundEncoder
 from deltaglider_proxy.engine.codec import Codec
@@ -21,6 +28,9 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.iam.sealed import parse_key
+from deltaglider_proxy.iam.service import IamService
+from deltaglider_proxy.iam.store import DB_FILE
 from deltaglider_proxy.observability.audit import AuditRing, ring_size_from_env
 from deltaglider_proxy.observability.logs import configure
 from deltaglider_proxy.policy.public import PublicPrefixes
@@ -104,6 +114,12 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         for d in os.environ.get("DGP_VIRTUAL_HOST_DOMAINS", "localhost").split(",")
         if d.strip()
     )
+    iam = await open_iam(snapshot)
+    access = AccessControl(credentials)
+    if iam is not None:
+        iam.on_rebuild(access.use_index)
+        iam.start_watching()
+    runtime = snapshot.runtime
     services = Services(
         engine=engine,
         multipart=multipart,
@@ -116,6 +132,11 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
         audit=AuditRing(ring_size_from_env()),
+        access=access,
+        limiter=RateLimiter(
+            runtime.rate_limit_max_attempts, runtime.rate_limit_window_secs, runtime.rate_limit_lockout_secs
+        ),
+        client_ips=client_ip_resolver(runtime),
     )
     if config.advanced.layout_access:
         log.warning(
@@ -126,20 +147,76 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         engine.background = BackgroundEncoder(engine.deltas, state / "deferred")
         engine.deltas.deferrer = engine.background
         await engine.background.start()
-    sweeper = asyncio.create_task(_sweep_forever(multipart))
+    sweeper = asyncio.create_task(_sweep_forever(multipart, services.limiter))
     try:
-        yield Runtime(services, backend, S3Gateway(services), AdminRoutes(services))
+        yield Runtime(
+            services, backend, S3Gateway(services), AdminRoutes(services, admin_api(snapshot, services, iam))
+        )
     finally:
         sweeper.cancel()
+        if iam is not None:
+            await iam.close()
         await services.quotas.close()
         if engine.background is not None:
             await engine.background.close()
         await backend.close()
 
 
-async def _sweep_forever(multipart: MultipartStore) -> None:
+def admin_api(snapshot: Snapshot, services: Services, iam: IamService | None) -> AdminApi:
+    config = snapshot.config
+    runtime = snapshot.runtime
+    bootstrap = resolve_bootstrap(os.environ, config.advanced.bootstrap_password_hash, iam_db_path().parent)
+    sessions = SessionStore(runtime.session_ttl_hours * 3600, runtime.session_idle_minutes * 60)
+    state = AdminState(
+        services,
+        iam,
+        bootstrap,
+        sessions,
+        tls_enabled=config.advanced.tls.enabled,
+        iam_mode=config.access.iam_mode,
+    )
+    return AdminApi(state)
+
+
+def iam_db_path() -> Path:
+    """Next to the config file named by DGP_CONFIG, else in the working directory (§3.8)."""
+    config = os.environ.get("DGP_CONFIG")
+    return (Path(config).parent if config else Path.cwd()) / DB_FILE
+
+
+async def open_iam(snapshot: Snapshot) -> IamService | None:
+    path = iam_db_path()
+    key_text = snapshot.config.advanced.config_db_key
+    if key_text is None:
+        if path.exists():
+            raise ValueError(
+                f"{path} exists but no key is configured: set DGP_CONFIG_DB_KEY (or advanced.config_db_key) "
+                "to the key it was written with"
+            )
+        log.info("no DGP_CONFIG_DB_KEY: IAM users are disabled, S3 uses the bootstrap credentials")
+        return None
+    service = await IamService.open(path, parse_key(key_text))
+    log.info("IAM database %s open (%d users)", path, service.index.user_count)
+    return service
+
+
+def client_ip_resolver(runtime: RuntimeSettings) -> ClientIpResolver:
+    try:
+        cidrs = parse_cidrs(runtime.trusted_proxy_cidrs)
+    except ValueError as exc:
+        raise ValueError(f"DGP_TRUSTED_PROXY_CIDRS: {exc}") from None
+    if runtime.trust_proxy_headers and not cidrs:
+        log.warning(
+            "DGP_TRUST_PROXY_HEADERS=true without DGP_TRUSTED_PROXY_CIDRS: any client can claim any IP "
+            "with X-Forwarded-For; list your proxies' networks in DGP_TRUSTED_PROXY_CIDRS"
+        )
+    return ClientIpResolver(runtime.trust_proxy_headers, cidrs)
+
+
+async def _sweep_forever(multipart: MultipartStore, limiter: RateLimiter) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        limiter.sweep()
         try:
             dropped = await multipart.sweep()
             if dropped:

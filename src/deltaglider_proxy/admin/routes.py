@@ -11,6 +11,7 @@ import resource
 import time
 from datetime import UTC, datetime
 
+from deltaglider_proxy.admin.api import AdminApi
 from deltaglider_proxy.engine.stats import BucketStats, bucket_stats
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api.context import Services
@@ -28,8 +29,9 @@ def _json(status: int, doc: dict[str, object]) -> Response:
 
 
 class AdminRoutes:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, api: AdminApi | None = None) -> None:
         self.services = services
+        self.api = api
         self._all_cache: tuple[float, dict[str, object]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,6 +43,8 @@ class AdminRoutes:
                 response = _json(
                     200, {"status": "healthy", "backend": "ready", "peak_rss_bytes": peak_kib * 1024}
                 )
+            elif path.startswith("/_/api/") and self.api is not None:
+                response = await self.api.handle(scope, receive)
             elif path == "/_/stats" and method == "GET":
                 self._authorise(scope)
                 response = _json(200, await self._stats(scope))

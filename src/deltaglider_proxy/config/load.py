@@ -78,6 +78,14 @@ class RuntimeSettings:
     trust_proxy_headers: bool = False
     log_format: str = "text"
     codec_timeout_seconds: int = 60
+    # Identity and access (control-plane.md §2.3, §5).
+    trusted_proxy_cidrs: str = ""
+    session_ttl_hours: float = 4.0
+    session_idle_minutes: float = 60.0
+    secure_cookies: bool | None = None  # None: automatic (TLS or trusted X-Forwarded-Proto: https)
+    rate_limit_max_attempts: int = 100
+    rate_limit_window_secs: int = 300
+    rate_limit_lockout_secs: int = 600
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         ("DGP_SPOOL_DIR", "spool_dir"),
         ("DGP_CONFIG_SYNC_BUCKET", "config_sync_bucket"),
         ("DGP_DELTA_ENCODING", "delta_encoding"),
+        ("DGP_CONFIG_DB_KEY", "config_db_key"),
     ):
         if env.get(var):
             _set(doc, "advanced", field, env[var])
@@ -284,7 +293,27 @@ def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         trust_proxy_headers=_truthy(env.get("DGP_TRUST_PROXY_HEADERS", "false")),
         log_format=fmt,
         codec_timeout_seconds=_int_env(env, "DGP_CODEC_TIMEOUT_SECS", 60, 1),
+        trusted_proxy_cidrs=env.get("DGP_TRUSTED_PROXY_CIDRS", ""),
+        session_ttl_hours=_float_env(env, "DGP_SESSION_TTL_HOURS", 4.0),
+        session_idle_minutes=_float_env(env, "DGP_SESSION_IDLE_MINUTES", 60.0),
+        secure_cookies=_truthy(env["DGP_SECURE_COOKIES"]) if env.get("DGP_SECURE_COOKIES") else None,
+        rate_limit_max_attempts=_int_env(env, "DGP_RATE_LIMIT_MAX_ATTEMPTS", 100, 1),
+        rate_limit_window_secs=_int_env(env, "DGP_RATE_LIMIT_WINDOW_SECS", 300, 1),
+        rate_limit_lockout_secs=_int_env(env, "DGP_RATE_LIMIT_LOCKOUT_SECS", 600, 1),
     )
+
+
+def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive (got {value})")
+    return value
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deltaglider_proxy.auth.access import AccessControl
+from deltaglider_proxy.auth.clientip import ClientIpResolver
 from deltaglider_proxy.auth.credentials import Credentials
+from deltaglider_proxy.auth.ratelimit import RateLimiter
 from deltaglider_proxy.config.load import RuntimeSettings
 from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.iam.evaluate import Principal
 from deltaglider_proxy.observability.audit import AuditRing
 from deltaglider_proxy.policy.public import PublicPrefixes
 from deltaglider_proxy.policy.quotas import QuotaGuard
@@ -31,6 +35,11 @@ class Services:
     layout_access: bool = False
     # The process's audit ring (control-plane.md §10): admin/IAM mutations, logins, S3 writes.
     audit: AuditRing = field(default_factory=AuditRing)
+    # Who may call (control-plane.md §2.1, §3), the shared brute-force limiter (§5) and the one
+    # client-IP resolver every consumer uses (§5.4).
+    access: AccessControl = field(default_factory=AccessControl.open_mode)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    client_ips: ClientIpResolver = field(default_factory=ClientIpResolver)
 
 
 async def _no_usage(bucket: str) -> int:
@@ -46,6 +55,11 @@ class Call:
     auth: AuthContext | None = None
     # Set for an unsigned request admitted by a public prefix: listings show only these.
     public_prefixes: tuple[str, ...] | None = None
+    # The IAM principal of a verified request (None in open mode and for public reads), the
+    # condition context its checks use, and whether a bucket listing must be filtered per key.
+    principal: Principal | None = None
+    iam_context: dict[str, str] = field(default_factory=dict)
+    list_filtered: bool = False
 
     @property
     def bucket(self) -> str:

@@ -5,6 +5,7 @@ Every response carries ``x-amz-request-id``; every request logs one structured l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -15,6 +16,7 @@ from urllib.parse import unquote
 from deltaglider_proxy.engine.keys import bucket_name_valid
 from deltaglider_proxy.observability.logs import request_id_var
 from deltaglider_proxy.s3api import dispatch, errors
+from deltaglider_proxy.s3api.authorize import authorize
 from deltaglider_proxy.s3api.body import ClientDisconnected
 from deltaglider_proxy.s3api.context import Call, Services
 from deltaglider_proxy.s3api.errormap import to_s3_error
@@ -55,9 +57,9 @@ def _split_target(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[s
     return bucket, key, False
 
 
-def _client_ip(scope: Scope) -> str:
+def _peer(scope: Scope) -> str | None:
     client = scope.get("client")
-    return str(client[0]) if client else "-"
+    return str(client[0]) if client else None
 
 
 async def _drain(req: S3Request) -> None:
@@ -76,10 +78,10 @@ class S3Gateway:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def _authenticate(self, req: S3Request) -> Call:
+    async def _authenticate(self, req: S3Request) -> Call:
         call = Call(self.services, req)
-        credentials = self.services.credentials
-        if credentials.mode == "open":
+        access = self.services.access
+        if access.mode == "open":
             return call
         if req.method == "HEAD" and req.bucket is None:
             return call  # client connection probe (control-plane.md §2.4.1)
@@ -96,12 +98,27 @@ class S3Gateway:
                 # signature_version): say which scheme to use rather than a bare AccessDenied.
                 raise errors.InvalidRequest("Please use AWS4-HMAC-SHA256.")
             raise errors.AccessDenied()
-        call.auth = verify(
-            signed,
-            credentials,
-            now=datetime.now(UTC),
-            clock_skew_seconds=self.services.runtime.clock_skew_seconds,
-        )
+        limiter = self.services.limiter
+        if limiter.is_limited("s3", req.client_ip):
+            raise errors.SlowDown("Rate limited due to repeated auth failures")
+        delay = limiter.delay_seconds("s3", req.client_ip)
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            call.auth = verify(
+                signed,
+                access,
+                now=datetime.now(UTC),
+                clock_skew_seconds=self.services.runtime.clock_skew_seconds,
+            )
+            principal = access.principal_for(call.auth.access_key_id)
+            if principal is None or not principal.enabled:
+                raise errors.AccessDenied()  # disabled (or deleted mid-request): no key oracle
+        except errors.S3Error as exc:
+            limiter.record_failure("s3", req.client_ip, exc.code)
+            raise
+        limiter.record_success("s3", req.client_ip)
+        call.principal = principal
         return call
 
     def _public_grant(self, req: S3Request) -> tuple[str, ...] | None:
@@ -141,7 +158,7 @@ class S3Gateway:
             headers=headers,
             bucket=bucket,
             key=key,
-            client_ip=_client_ip(scope),
+            client_ip=self.services.client_ips.resolve(_peer(scope), headers),
             _receive=receive,
             request_id=request_id,
             virtual_host=virtual,
@@ -155,8 +172,9 @@ class S3Gateway:
                 raise errors.RequestHeaderSectionTooLarge()
             if req.bucket is not None and not bucket_name_valid(req.bucket):
                 raise errors.InvalidBucketName(resource=req.bucket)
-            call = self._authenticate(req)
+            call = await self._authenticate(req)
             principal = call.auth.access_key_id if call.auth else "anonymous"
+            authorize(call)
             handler = dispatch.resolve(call)
             operation = getattr(handler, "__name__", "-")
             response = await handler(call)
