@@ -13,22 +13,23 @@ from urllib.parse import urlsplit
 
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, unauthorized
 from deltaglider_proxy.auth.access import AccessControl
-from deltaglider_proxy.auth.sessions import Session, SessionStore, cookie_token
+from deltaglider_proxy.auth.sessions import Session, SessionStore, cookie_tokens
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def session_of(req: ApiRequest, sessions: SessionStore, access: AccessControl) -> Session | None:
-    token = cookie_token(req.headers.get("cookie", ""))
-    session = sessions.get(token, req.client_ip)
-    if session is None:
-        return None
-    if session.method == "iam":
-        principal = access.index.by_user_id.get(session.user_id or -1)
-        if principal is None or not principal.enabled:
-            sessions.delete(token)  # the user was deleted or disabled: the session dies with it
-            return None
-    return session
+    for token in cookie_tokens(req.headers.get("cookie", "")):
+        session = sessions.get(token, req.client_ip)
+        if session is None:
+            continue
+        if session.method == "iam":
+            principal = access.index.by_user_id.get(session.user_id or -1)
+            if principal is None or not principal.enabled:
+                sessions.delete(token)  # the user was deleted or disabled: the session dies with it
+                continue
+        return session
+    return None
 
 
 def is_admin(session: Session, access: AccessControl) -> bool:

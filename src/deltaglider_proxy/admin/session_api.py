@@ -11,7 +11,7 @@ from deltaglider_proxy.admin.guard import is_admin, require_session, session_of
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, field_of, json_response
 from deltaglider_proxy.admin.state import AdminState
 from deltaglider_proxy.auth.passwords import CorruptHash, policy_error
-from deltaglider_proxy.auth.sessions import COOKIE, Session, cookie_token, set_cookie
+from deltaglider_proxy.auth.sessions import COOKIE, Session, cookie_tokens, set_cookie
 from deltaglider_proxy.s3api.http import Response
 
 SURFACE = "admin_login"
@@ -34,6 +34,11 @@ def _login_response(state: AdminState, req: ApiRequest, session: Session, token:
     return json_response(200, {"ok": True}, [("set-cookie", cookie)])
 
 
+def _forget_presented(state: AdminState, req: ApiRequest) -> None:
+    for token in cookie_tokens(req.headers.get("cookie", "")):
+        state.sessions.delete(token)
+
+
 def _bound_ip(state: AdminState, req: ApiRequest) -> str | None:
     return req.client_ip if state.services.runtime.trust_proxy_headers else None
 
@@ -53,7 +58,7 @@ async def login(state: AdminState, req: ApiRequest) -> Response:
         return json_response(401, {"ok": False, "error": "invalid_password", "message": "wrong password"})
     state.services.limiter.record_success(SURFACE, req.client_ip)
     # Any session the browser carried is replaced by a fresh token: no session fixation.
-    state.sessions.delete(cookie_token(req.headers.get("cookie", "")))
+    _forget_presented(state, req)
     pair = state.services.access.credentials.pair
     creds = {"access_key_id": pair.access_key_id, "secret_access_key": pair.secret_access_key} if pair else {}
     token, session = state.sessions.create(
@@ -88,7 +93,7 @@ async def login_as(state: AdminState, req: ApiRequest) -> Response:
     if not principal.enabled or not principal.is_admin:
         raise ApiError(403, "admin_session_required", "this user is disabled or not an admin")
     state.services.limiter.record_success(SURFACE, req.client_ip)
-    state.sessions.delete(cookie_token(req.headers.get("cookie", "")))
+    _forget_presented(state, req)
     token, session = state.sessions.create(
         "iam",
         principal.name,
@@ -102,7 +107,7 @@ async def login_as(state: AdminState, req: ApiRequest) -> Response:
 
 async def logout(state: AdminState, req: ApiRequest) -> Response:
     session = require_session(req, state.sessions, state.services.access)
-    state.sessions.delete(cookie_token(req.headers.get("cookie", "")))
+    _forget_presented(state, req)
     state.audit("logout", session, req)
     clear = f"{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0" + (
         "; Secure" if state.secure_cookie(req) else ""

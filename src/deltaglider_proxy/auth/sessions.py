@@ -109,12 +109,14 @@ class SessionStore:
             del self._sessions[key]
 
 
-def cookie_token(cookie_header: str) -> str | None:
+def cookie_tokens(cookie_header: str) -> list[str]:
+    """Every ``dgp_session`` value sent (a browser may hold several, e.g. per domain)."""
+    tokens = []
     for part in cookie_header.split(";"):
         name, sep, value = part.strip().partition("=")
-        if sep and name == COOKIE:
-            return value
-    return None
+        if sep and name == COOKIE and value:
+            tokens.append(value)
+    return tokens
 
 
 def set_cookie(token: str, max_age: int, *, secure: bool) -> str:
