@@ -115,6 +115,9 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         if d.strip()
     )
     iam = await open_iam(snapshot)
+    audit = AuditRing(ring_size_from_env())
+    if config.access.iam_mode == "declarative":
+        await reconcile_declared(snapshot, iam, audit)
     access = AccessControl(credentials)
     if iam is not None:
         iam.on_rebuild(access.use_index)
@@ -131,7 +134,7 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
-        audit=AuditRing(ring_size_from_env()),
+        audit=audit,
         access=access,
         limiter=RateLimiter(
             runtime.rate_limit_max_attempts, runtime.rate_limit_window_secs, runtime.rate_limit_lockout_secs
@@ -174,6 +177,8 @@ def admin_api(snapshot: Snapshot, services: Services, iam: IamService | None) ->
         sessions,
         tls_enabled=config.advanced.tls.enabled,
         iam_mode=config.access.iam_mode,
+        declared_users=config.access.iam_users,
+        declared_groups=config.access.iam_groups,
     )
     return AdminApi(state)
 
@@ -198,6 +203,26 @@ async def open_iam(snapshot: Snapshot) -> IamService | None:
     service = await IamService.open(path, parse_key(key_text))
     log.info("IAM database %s open (%d users)", path, service.index.user_count)
     return service
+
+
+async def reconcile_declared(snapshot: Snapshot, iam: IamService | None, audit: AuditRing) -> None:
+    if iam is None:
+        raise ValueError(
+            "access.iam_mode: declarative requires the encrypted IAM database: set DGP_CONFIG_DB_KEY "
+            "(32 random bytes, e.g. `openssl rand -hex 32`)"
+        )
+    access = snapshot.config.access
+    result = await iam.reconcile(access.iam_users, access.iam_groups)
+    for kind, entries in (
+        ("user_create", [u.name for u in result.users_create]),
+        ("user_update", [u.name for _, u in result.users_update]),
+        ("user_delete", [u.name for u in result.users_delete]),
+        ("group_create", [g.name for g in result.groups_create]),
+        ("group_update", [g.name for _, g in result.groups_update]),
+        ("group_delete", [g.name for g in result.groups_delete]),
+    ):
+        for name in entries:
+            audit.record(f"iam_reconcile_{kind}", user="declarative", target=name)
 
 
 def client_ip_resolver(runtime: RuntimeSettings) -> ClientIpResolver:

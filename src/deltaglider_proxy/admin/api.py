@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltaglider_proxy import __version__
-from deltaglider_proxy.admin import session_api, users_api
+from deltaglider_proxy.admin import declarative_api, session_api, users_api
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, json_response
 from deltaglider_proxy.admin.state import AdminState
 from deltaglider_proxy.s3api.http import Receive, Response, Scope, collect_headers, parse_query
@@ -131,6 +131,14 @@ ROUTES: tuple[Route, ...] = (
         users_api.remove_member,
         "Remove a member",
         "admin",
+    ),
+    Route(
+        "POST",
+        f"{A}/config/declarative-iam-validate",
+        declarative_api.validate,
+        "Dry run: what reconciling access.iam_users / iam_groups would change",
+        "admin",
+        ("iam_users", "iam_groups"),
     ),
 )
 _COMPILED = [(r, r.pattern) for r in ROUTES]

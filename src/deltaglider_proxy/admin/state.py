@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest
 from deltaglider_proxy.auth.bootstrap import BootstrapPassword
@@ -19,6 +20,8 @@ class AdminState:
     sessions: SessionStore
     tls_enabled: bool = False
     iam_mode: str = "gui"  # access.iam_mode; "declarative" locks IAM mutations (§3.9)
+    declared_users: list[dict[str, Any]] = field(default_factory=list)  # access.iam_users
+    declared_groups: list[dict[str, Any]] = field(default_factory=list)  # access.iam_groups
 
     def require_iam(self) -> IamService:
         if self.iam is None:

@@ -8,8 +8,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from deltaglider_proxy.iam.declarative import Plan, ReconcileError, apply, parse_declared, plan, summary
 from deltaglider_proxy.iam.index import IamIndex, build_index
 from deltaglider_proxy.iam.sealed import SealedFileError
 from deltaglider_proxy.iam.store import IamDatabase
@@ -17,6 +18,11 @@ from deltaglider_proxy.iam.store import IamDatabase
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WATCH_INTERVAL_SECONDS = 2.0
+
+
+class EmptyDeclaration(ReconcileError):
+    def __init__(self, reason: str) -> None:
+        ValueError.__init__(self, reason)
 
 
 class IamService:
@@ -56,6 +62,32 @@ class IamService:
                 return await asyncio.to_thread(call, self.db)
             finally:
                 await asyncio.to_thread(self._rebuild)
+
+    async def reconcile(
+        self, users_doc: list[dict[str, Any]], groups_doc: list[dict[str, Any]], *, dry_run: bool = False
+    ) -> Plan:
+        """Bring the database to the declared users and groups (§3.10); ReconcileError if invalid.
+
+        An empty declaration over a non-empty database is refused: it would delete every user,
+        which is almost always a config mistake rather than intent.
+        """
+        users, groups = parse_declared(users_doc, groups_doc)
+        async with self._lock:
+            if not users and not groups and self.db.user_count():
+                raise EmptyDeclaration(
+                    "access.iam_mode is declarative but access.iam_users / access.iam_groups are empty: that "
+                    f"would delete all {self.db.user_count()} IAM users. Add them to the YAML first (see "
+                    "docs/operations.md, Access control) or use iam_mode: gui"
+                )
+            result = await asyncio.to_thread(plan, self.db, users, groups)
+            if dry_run or result.empty:
+                return result
+            try:
+                await asyncio.to_thread(apply, self.db, result, users)
+            finally:
+                await asyncio.to_thread(self._rebuild)
+            log.info("[declarative-iam] reconciled: %s", await asyncio.to_thread(summary, self.db, result))
+            return result
 
     async def reload_if_changed(self) -> bool:
         async with self._lock:

@@ -109,6 +109,10 @@ class IamDatabase:
         self.file_signature = self._signature()
         return result
 
+    def transaction(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``change`` as one transaction and persist it (for multi-entity writes)."""
+        return self._mutate(change)
+
     def close(self) -> None:
         self._conn.close()
 
@@ -181,7 +185,7 @@ class IamDatabase:
     # -- writes ------------------------------------------------------------------------------
 
     @staticmethod
-    def _set_rules(
+    def set_rules(
         conn: sqlite3.Connection, table: str, owner: str, owner_id: int, rules: Iterable[Permission]
     ) -> None:
         conn.execute(f"DELETE FROM {table} WHERE {owner} = ?", (owner_id,))
@@ -217,7 +221,7 @@ class IamDatabase:
                 (name, access_key_id, secret_access_key, int(enabled), auth_source),
             )
             user_id = int(cur.lastrowid or 0)
-            self._set_rules(conn, "permissions", "user_id", user_id, permissions)
+            self.set_rules(conn, "permissions", "user_id", user_id, permissions)
             return user_id
 
         return self.user(self._mutate(change))
@@ -238,7 +242,7 @@ class IamDatabase:
             if enabled is not None:
                 conn.execute("UPDATE users SET enabled = ? WHERE id = ?", (int(enabled), user_id))
             if permissions is not None:
-                self._set_rules(conn, "permissions", "user_id", user_id, permissions)
+                self.set_rules(conn, "permissions", "user_id", user_id, permissions)
 
         self._mutate(change)
         return self.user(user_id)
@@ -268,7 +272,7 @@ class IamDatabase:
         def change(conn: sqlite3.Connection) -> int:
             cur = conn.execute("INSERT INTO groups (name, description) VALUES (?, ?)", (name, description))
             group_id = int(cur.lastrowid or 0)
-            self._set_rules(conn, "group_permissions", "group_id", group_id, permissions)
+            self.set_rules(conn, "group_permissions", "group_id", group_id, permissions)
             for uid in member_ids:
                 # Unknown ids are skipped silently, as upstream does.
                 conn.execute(
@@ -296,7 +300,7 @@ class IamDatabase:
             if description is not None:
                 conn.execute("UPDATE groups SET description = ? WHERE id = ?", (description, group_id))
             if permissions is not None:
-                self._set_rules(conn, "group_permissions", "group_id", group_id, permissions)
+                self.set_rules(conn, "group_permissions", "group_id", group_id, permissions)
 
         self._mutate(change)
         return self.group(group_id)
