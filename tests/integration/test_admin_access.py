@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from tests.conftest import make_client
 from tests.support.admin import ADMIN_PASSWORD, Admin, allow, iam_proxy, s3_for
 from tests.support.server import ProxyServer
+from tests.support.signing import signed_headers
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +270,29 @@ def test_iam_state_survives_restart_and_needs_the_key(tmp_path: Path) -> None:
     wrong_key = ProxyServer(data_dir=root / "data", env={**proxy.env, "DGP_CONFIG_DB_KEY": "7a" * 32})
     with pytest.raises(RuntimeError, match="cannot be decrypted"):
         wrong_key.start(timeout=20)
+
+
+def test_session_is_bound_to_the_client_ip_behind_a_trusted_proxy(server: ProxyServer) -> None:
+    http = requests.Session()
+    here = {"X-Forwarded-For": "192.0.2.10"}
+    assert http.post(
+        f"{server.endpoint}/_/api/admin/login", json={"password": ADMIN_PASSWORD}, headers=here
+    ).ok
+    assert http.get(f"{server.endpoint}/_/api/admin/users", headers=here).status_code == 200
+    elsewhere = http.get(f"{server.endpoint}/_/api/admin/users", headers={"X-Forwarded-For": "192.0.2.11"})
+    assert elsewhere.status_code == 401
+
+
+def test_stats_need_an_admin_principal(server: ProxyServer) -> None:
+    admin = Admin(server.endpoint)
+    admin.login()
+    reader = admin.create_user("stats-reader", [allow(["read", "list"], ["*"])])
+    try:
+        url = f"{server.endpoint}/_/stats"
+        assert requests.get(url, headers=signed_headers("GET", url)).status_code == 200  # legacy-admin
+        as_reader = signed_headers(
+            "GET", url, access_key=reader["access_key_id"], secret_key=reader["secret_access_key"]
+        )
+        assert requests.get(url, headers=as_reader).status_code == 403
+    finally:
+        admin.ok("DELETE", f"/users/{reader['id']}", status=204)

@@ -241,3 +241,79 @@ def test_iam_db_on_disk_holds_no_plaintext(
     blob = (Path(server.data_dir).parent / "deltaglider_config.db").read_bytes()
     assert user["secret_access_key"].encode() not in blob
     assert b"plaintext-check" not in blob and b"SQLite" not in blob
+
+
+def test_presigned_url_carries_the_signers_permissions(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, b = buckets
+    s3 = s3_for(server.endpoint, admin.create_user("presign-scope", [allow(["read"], [f"{a}/team/*"])]))
+    inside = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": a, "Key": "team/one.txt"}, ExpiresIn=60
+    )
+    outside = s3.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "top.txt"}, ExpiresIn=60)
+    assert requests.get(inside).status_code == 200
+    denied = requests.get(outside)
+    assert denied.status_code == 403 and b"<Code>AccessDenied</Code>" in denied.content
+
+
+def test_upload_part_copy_needs_read_on_the_source(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, b = buckets
+    s3 = s3_for(server.endpoint, admin.create_user("part-copier", [allow(["read", "write"], [f"{b}/*"])]))
+    upload = s3.create_multipart_upload(Bucket=b, Key="assembled")
+    with pytest.raises(ClientError) as info:
+        s3.upload_part_copy(
+            Bucket=b,
+            Key="assembled",
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            CopySource={"Bucket": a, "Key": "top.txt"},
+        )
+    assert info.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_bucket_admin_via_group_and_list_buckets_via_prefix_rules(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, b = buckets
+    owner = admin.create_user("owner", [])
+    admin.create_group("bucket-owners", [allow(["*"], ["own-*"])], [owner["id"]])
+    s3 = s3_for(server.endpoint, owner)
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    s3.put_object(Bucket=name, Key="x", Body=b"1")
+    s3.delete_object(Bucket=name, Key="x")
+    s3.delete_bucket(Bucket=name)
+    scoped = s3_for(server.endpoint, admin.create_user("prefix-only", [allow(["read"], [f"{b}/team/*"])]))
+    assert [x["Name"] for x in scoped.list_buckets()["Buckets"]] == [b]
+    everything = {x["Name"] for x in make_client(server.endpoint).list_buckets()["Buckets"]}
+    assert {a, b} <= everything  # the legacy admin sees every bucket
+
+
+def test_explicit_deny_inside_a_filtered_listing(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, _ = buckets
+    rules = [allow(["read", "list"], [f"{a}/*"]), deny(["read", "list"], [f"{a}/private/*"])]
+    s3 = s3_for(server.endpoint, admin.create_user("no-private", rules))
+    response = s3.list_objects_v2(Bucket=a)
+    assert sorted(o["Key"] for o in response["Contents"]) == ["team/one.txt", "team/sub/two.txt", "top.txt"]
+    assert response["ResponseMetadata"]["HTTPHeaders"]["x-amz-meta-dg-list-filtered"] == "true"
+    delimited = s3.list_objects_v2(Bucket=a, Delimiter="/")
+    assert [p["Prefix"] for p in delimited["CommonPrefixes"]] == ["team/"]
+
+
+def test_no_cross_user_leakage_and_basic_auth_rejected(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, _ = buckets
+    one = s3_for(server.endpoint, admin.create_user("one", [allow(["*"], [f"{a}/one/*"])]))
+    two = s3_for(server.endpoint, admin.create_user("two", [allow(["*"], [f"{a}/two/*"])]))
+    one.put_object(Bucket=a, Key="one/mine", Body=b"1")
+    assert code(lambda: two.get_object(Bucket=a, Key="one/mine")) == "AccessDenied"
+    assert keys(two, a) == []
+    basic = requests.get(f"{server.endpoint}/{a}", auth=("user", "password"))
+    assert basic.status_code in (400, 403)
+    assert requests.get(f"{server.endpoint}/").status_code == 403  # ListBuckets needs auth

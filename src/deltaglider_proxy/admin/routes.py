@@ -60,8 +60,8 @@ class AdminRoutes:
         await send_response(send, response, head=method == "HEAD")
 
     def _authorise(self, scope: Scope) -> None:
-        credentials = self.services.credentials
-        if credentials.mode == "open":
+        access = self.services.access
+        if access.mode == "open":
             return
         raw_path = scope.get("raw_path") or scope["path"].encode()
         signed = SignedRequest(
@@ -72,12 +72,16 @@ class AdminRoutes:
         )
         if not has_credentials(signed):
             raise errors.AccessDenied()
-        verify(
+        auth = verify(
             signed,
-            credentials,
+            access,
             now=datetime.now(UTC),
             clock_skew_seconds=self.services.runtime.clock_skew_seconds,
         )
+        # Statistics cover every bucket, so only an admin principal may read them.
+        principal = access.principal_for(auth.access_key_id)
+        if principal is None or not principal.enabled or not principal.is_admin:
+            raise errors.AccessDenied()
 
     async def _stats(self, scope: Scope) -> dict[str, object]:
         from urllib.parse import parse_qs
