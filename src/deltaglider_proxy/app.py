@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltaglider_proxy.admin.access_log import serve_logged
+from deltaglider_proxy.admin.api import AdminApi
 from deltaglider_proxy.admin.routes import AdminRoutes
+from deltaglider_proxy.admin.state import AdminState
+from deltaglider_proxy.auth.access import AccessControl
+from deltaglider_proxy.auth.bootstrap import resolve_bootstrap
+from deltaglider_proxy.auth.clientip import ClientIpResolver, parse_cidrs
 from deltaglider_proxy.auth.credentials import resolve_credentials
-from deltaglider_proxy.config.load import Snapshot, load_snapshot
+from deltaglider_proxy.auth.ratelimit import RateLimiter
+from deltaglider_proxy.auth.sessions import SessionStore
+from deltaglider_proxy.config.load import RuntimeSettings, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import FilesystemBackendConfig
 from deltaglider_proxy.engine.background import BackgroundEncoder
 from deltaglider_proxy.engine.codec import Codec
@@ -22,6 +29,9 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.iam.sealed import parse_key
+from deltaglider_proxy.iam.service import IamService
+from deltaglider_proxy.iam.store import DB_FILE
 from deltaglider_proxy.observability.audit import AuditRing, mirror_path_from_env, ring_size_from_env
 from deltaglider_proxy.observability.cache_monitor import monitor_cache
 from deltaglider_proxy.observability.instrumented import instrument
@@ -114,6 +124,15 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         for d in os.environ.get("DGP_VIRTUAL_HOST_DOMAINS", "localhost").split(",")
         if d.strip()
     )
+    iam = await open_iam(snapshot)
+    audit = AuditRing(ring_size_from_env(), mirror=mirror_path_from_env())
+    if config.access.iam_mode == "declarative":
+        await reconcile_declared(snapshot, iam, audit)
+    access = AccessControl(credentials)
+    if iam is not None:
+        iam.on_rebuild(access.use_index)
+        iam.start_watching()
+    runtime = snapshot.runtime
     services = Services(
         engine=engine,
         multipart=multipart,
@@ -125,9 +144,14 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         public=PublicPrefixes(config.storage.buckets),
         quotas=QuotaGuard(config.storage.buckets, backend.usage_bytes),
         layout_access=config.advanced.layout_access,
-        audit=AuditRing(ring_size_from_env(), mirror=mirror_path_from_env()),
+        audit=audit,
         metrics=metrics,
         storage_type=storage_types(config.storage),
+        access=access,
+        limiter=RateLimiter(
+            runtime.rate_limit_max_attempts, runtime.rate_limit_window_secs, runtime.rate_limit_lockout_secs
+        ),
+        client_ips=client_ip_resolver(runtime),
     )
     observe(metrics, engine, services.audit)
     if config.advanced.layout_access:
@@ -139,9 +163,9 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         engine.background = BackgroundEncoder(engine.deltas, state / "deferred")
         engine.deltas.deferrer = engine.background
         await engine.background.start()
-    sweeper = asyncio.create_task(_sweep_forever(multipart))
+    sweeper = asyncio.create_task(_sweep_forever(multipart, services.limiter))
     cache_monitor = asyncio.create_task(monitor_cache(references))
-    admin = AdminRoutes(services)
+    admin = AdminRoutes(services, admin_api(snapshot, services, iam))
     try:
         yield Runtime(services, backend, S3Gateway(services), admin)
     finally:
@@ -149,15 +173,91 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         cache_monitor.cancel()
         await admin.metrics.close()
         services.audit.close()
+        if iam is not None:
+            await iam.close()
         await services.quotas.close()
         if engine.background is not None:
             await engine.background.close()
         await backend.close()
 
 
-async def _sweep_forever(multipart: MultipartStore) -> None:
+def admin_api(snapshot: Snapshot, services: Services, iam: IamService | None) -> AdminApi:
+    config = snapshot.config
+    runtime = snapshot.runtime
+    bootstrap = resolve_bootstrap(os.environ, config.advanced.bootstrap_password_hash, iam_db_path().parent)
+    sessions = SessionStore(runtime.session_ttl_hours * 3600, runtime.session_idle_minutes * 60)
+    state = AdminState(
+        services,
+        iam,
+        bootstrap,
+        sessions,
+        tls_enabled=config.advanced.tls.enabled,
+        iam_mode=config.access.iam_mode,
+        declared_users=config.access.iam_users,
+        declared_groups=config.access.iam_groups,
+    )
+    return AdminApi(state)
+
+
+def iam_db_path() -> Path:
+    """Next to the config file named by DGP_CONFIG, else in the working directory (§3.8)."""
+    config = os.environ.get("DGP_CONFIG")
+    return (Path(config).parent if config else Path.cwd()) / DB_FILE
+
+
+async def open_iam(snapshot: Snapshot) -> IamService | None:
+    path = iam_db_path()
+    key_text = snapshot.config.advanced.config_db_key
+    if key_text is None:
+        if path.exists():
+            raise ValueError(
+                f"{path} exists but no key is configured: set DGP_CONFIG_DB_KEY (or advanced.config_db_key) "
+                "to the key it was written with"
+            )
+        log.info("no DGP_CONFIG_DB_KEY: IAM users are disabled, S3 uses the bootstrap credentials")
+        return None
+    service = await IamService.open(path, parse_key(key_text))
+    log.info("IAM database %s open (%d users)", path, service.index.user_count)
+    return service
+
+
+async def reconcile_declared(snapshot: Snapshot, iam: IamService | None, audit: AuditRing) -> None:
+    if iam is None:
+        raise ValueError(
+            "access.iam_mode: declarative requires the encrypted IAM database: set DGP_CONFIG_DB_KEY "
+            "(32 random bytes, e.g. `openssl rand -hex 32`)"
+        )
+    access = snapshot.config.access
+    result = await iam.reconcile(access.iam_users, access.iam_groups)
+    for kind, entries in (
+        ("user_create", [u.name for u in result.users_create]),
+        ("user_update", [u.name for _, u in result.users_update]),
+        ("user_delete", [u.name for u in result.users_delete]),
+        ("group_create", [g.name for g in result.groups_create]),
+        ("group_update", [g.name for _, g in result.groups_update]),
+        ("group_delete", [g.name for g in result.groups_delete]),
+    ):
+        for name in entries:
+            audit.record(f"iam_reconcile_{kind}", user="declarative", target=name)
+
+
+def client_ip_resolver(runtime: RuntimeSettings) -> ClientIpResolver:
+    try:
+        cidrs = parse_cidrs(runtime.trusted_proxy_cidrs)
+    except ValueError as exc:
+        raise ValueError(f"DGP_TRUSTED_PROXY_CIDRS: {exc}") from None
+    if runtime.trust_proxy_headers and not cidrs:
+        log.warning(
+            "DGP_TRUST_PROXY_HEADERS=true without DGP_TRUSTED_PROXY_CIDRS: any client can claim any IP "
+            "with X-Forwarded-For; list your proxies' networks in DGP_TRUSTED_PROXY_CIDRS"
+        )
+    return ClientIpResolver(runtime.trust_proxy_headers, cidrs)
+
+
+async def _sweep_forever(multipart: MultipartStore, limiter: RateLimiter) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        limiter.sweep()
         try:
             dropped = await multipart.sweep()
             if dropped:

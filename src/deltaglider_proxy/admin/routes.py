@@ -11,6 +11,7 @@ import json
 import time
 from datetime import UTC, datetime
 
+from deltaglider_proxy.admin.api import AdminApi
 from deltaglider_proxy.admin.audit_endpoint import audit_entries
 from deltaglider_proxy.admin.health import Readiness, ReadySettings, health
 from deltaglider_proxy.admin.metrics_endpoint import MetricsEndpoint
@@ -31,8 +32,9 @@ def _json(status: int, doc: dict[str, object]) -> Response:
 
 
 class AdminRoutes:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, api: AdminApi | None = None) -> None:
         self.services = services
+        self.api = api
         self._all_cache: tuple[float, dict[str, object]] | None = None
         runtime = services.runtime
         self.readiness = Readiness(
@@ -58,6 +60,8 @@ class AdminRoutes:
                 response = audit_entries(
                     self.services.audit, scope.get("query_string", b"").decode("latin-1")
                 )
+            elif path.startswith("/_/api/") and self.api is not None:
+                response = await self.api.handle(scope, receive)
             elif path == "/_/stats" and method == "GET":
                 self._authorise(scope)
                 response = _json(200, await self._stats(scope))
@@ -73,8 +77,8 @@ class AdminRoutes:
         await send_response(send, response, head=method == "HEAD")
 
     def _authorise(self, scope: Scope) -> None:
-        credentials = self.services.credentials
-        if credentials.mode == "open":
+        access = self.services.access
+        if access.mode == "open":
             return
         raw_path = scope.get("raw_path") or scope["path"].encode()
         signed = SignedRequest(
@@ -85,12 +89,16 @@ class AdminRoutes:
         )
         if not has_credentials(signed):
             raise errors.AccessDenied()
-        verify(
+        auth = verify(
             signed,
-            credentials,
+            access,
             now=datetime.now(UTC),
             clock_skew_seconds=self.services.runtime.clock_skew_seconds,
         )
+        # Statistics cover every bucket, so only an admin principal may read them.
+        principal = access.principal_for(auth.access_key_id)
+        if principal is None or not principal.enabled or not principal.is_admin:
+            raise errors.AccessDenied()
 
     async def _stats(self, scope: Scope) -> dict[str, object]:
         from urllib.parse import parse_qs

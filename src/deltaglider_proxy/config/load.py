@@ -85,6 +85,14 @@ class RuntimeSettings:
     ready_timeout_secs: float = 3.0
     ready_retries: int = 2
     ready_cache_ttl_secs: float = 0.0
+    # Identity and access (control-plane.md §2.3, §5).
+    trusted_proxy_cidrs: str = ""
+    session_ttl_hours: float = 4.0
+    session_idle_minutes: float = 60.0
+    secure_cookies: bool | None = None  # None: automatic (TLS or trusted X-Forwarded-Proto: https)
+    rate_limit_max_attempts: int = 100
+    rate_limit_window_secs: int = 300
+    rate_limit_lockout_secs: int = 600
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         ("DGP_SPOOL_DIR", "spool_dir"),
         ("DGP_CONFIG_SYNC_BUCKET", "config_sync_bucket"),
         ("DGP_DELTA_ENCODING", "delta_encoding"),
+        ("DGP_CONFIG_DB_KEY", "config_db_key"),
     ):
         if env.get(var):
             _set(doc, "advanced", field, env[var])
@@ -363,6 +372,13 @@ def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         ready_timeout_secs=_float_env(env, "DGP_READY_TIMEOUT_SECS", 3.0, 0.001),
         ready_retries=_int_env(env, "DGP_READY_RETRIES", 2, 0),
         ready_cache_ttl_secs=_float_env(env, "DGP_READY_CACHE_TTL_SECS", 0.0, 0.0),
+        trusted_proxy_cidrs=env.get("DGP_TRUSTED_PROXY_CIDRS", ""),
+        session_ttl_hours=_float_env(env, "DGP_SESSION_TTL_HOURS", 4.0, 0.01),
+        session_idle_minutes=_float_env(env, "DGP_SESSION_IDLE_MINUTES", 60.0, 0.01),
+        secure_cookies=_truthy(env["DGP_SECURE_COOKIES"]) if env.get("DGP_SECURE_COOKIES") else None,
+        rate_limit_max_attempts=_int_env(env, "DGP_RATE_LIMIT_MAX_ATTEMPTS", 100, 1),
+        rate_limit_window_secs=_int_env(env, "DGP_RATE_LIMIT_WINDOW_SECS", 300, 1),
+        rate_limit_lockout_secs=_int_env(env, "DGP_RATE_LIMIT_LOCKOUT_SECS", 600, 1),
     )
 
 

@@ -222,6 +222,9 @@ class AdvancedConfig(Section):
     config_sync_bucket: str | None = None
     tls: TlsConfig = TlsConfig()
     bootstrap_password_hash: str | None = None
+    # The IAM database key (control-plane.md §3.8 [D]): 32 bytes, hex or base64. Never derived
+    # from anything stored beside the database; without it there is no IAM database.
+    config_db_key: str | None = None
     spool_dir: str | None = None
     spool_max_bytes: int | None = Field(default=None, ge=0)
     # "background": a PUT into a deltaspace that has a reference is stored as-is and re-encoded
@@ -237,6 +240,15 @@ class AdvancedConfig(Section):
     @classmethod
     def _addr(cls, value: str) -> str:
         parse_listen_addr(value)
+        return value
+
+    @field_validator("config_db_key")
+    @classmethod
+    def _db_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from deltaglider_proxy.iam.sealed import parse_key
+
+            parse_key(value)
         return value
 
 

@@ -8,6 +8,7 @@ recorded in the audit ring (§10.2).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,6 +21,7 @@ from deltaglider_proxy.observability.logs import request_id_var
 from deltaglider_proxy.observability.metrics import operation_label
 from deltaglider_proxy.policy.quotas import BucketFrozen, QuotaExceeded
 from deltaglider_proxy.s3api import dispatch, errors
+from deltaglider_proxy.s3api.authorize import authorize
 from deltaglider_proxy.s3api.body import ClientDisconnected
 from deltaglider_proxy.s3api.context import Call, Services
 from deltaglider_proxy.s3api.errormap import to_s3_error
@@ -70,9 +72,9 @@ def _split_target(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[s
     return bucket, key, False
 
 
-def _client_ip(scope: Scope) -> str:
+def _peer(scope: Scope) -> str | None:
     client = scope.get("client")
-    return str(client[0]) if client else "-"
+    return str(client[0]) if client else None
 
 
 async def _drain(req: S3Request) -> None:
@@ -99,8 +101,10 @@ def _auth_failure_reason(exc: Exception, presigned: bool) -> str:
 
 def _principal(call: Call) -> str:
     """Who the audit trail and the log name (control-plane.md §0, §10.2)."""
+    if call.principal is not None:
+        return call.principal.name
     if call.auth is not None:
-        return "$bootstrap"  # the only SigV4 credentials until IAM users exist
+        return "$bootstrap"
     if call.public_prefixes is not None:
         return "$anonymous"
     return "anonymous"
@@ -120,10 +124,10 @@ class S3Gateway:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def _authenticate(self, req: S3Request) -> Call:
+    async def _authenticate(self, req: S3Request) -> Call:
         call = Call(self.services, req)
-        credentials = self.services.credentials
-        if credentials.mode == "open":
+        access = self.services.access
+        if access.mode == "open":
             return call
         if req.method == "HEAD" and req.bucket is None:
             return call  # client connection probe (control-plane.md §2.4.1)
@@ -143,17 +147,32 @@ class S3Gateway:
                 raise errors.InvalidRequest("Please use AWS4-HMAC-SHA256.")
             metrics.auth_failed("missing_header")
             raise errors.AccessDenied()
+        limiter = self.services.limiter
+        if limiter.is_limited("s3", req.client_ip):
+            raise errors.SlowDown("Rate limited due to repeated auth failures")
+        delay = limiter.delay_seconds("s3", req.client_ip)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             call.auth = verify(
                 signed,
-                credentials,
+                access,
                 now=datetime.now(UTC),
                 clock_skew_seconds=self.services.runtime.clock_skew_seconds,
             )
-        except Exception as exc:
+        except errors.S3Error as exc:
+            limiter.record_failure("s3", req.client_ip, exc.code)
             metrics.auth_failed(_auth_failure_reason(exc, "authorization" not in req.headers))
             raise
+        principal = access.principal_for(call.auth.access_key_id)
+        if principal is None or not principal.enabled:
+            # Disabled (or deleted mid-request): the same answer as a bad signature, no key oracle.
+            limiter.record_failure("s3", req.client_ip, "AccessDenied")
+            metrics.auth_failed("user_disabled")
+            raise errors.AccessDenied()
+        limiter.record_success("s3", req.client_ip)
         metrics.auth_succeeded()
+        call.principal = principal
         return call
 
     def _audit(self, call: Call, operation: str) -> None:
@@ -212,7 +231,7 @@ class S3Gateway:
             headers=headers,
             bucket=bucket,
             key=key,
-            client_ip=_client_ip(scope),
+            client_ip=self.services.client_ips.resolve(_peer(scope), headers),
             _receive=receive,
             request_id=request_id,
             virtual_host=virtual,
@@ -230,9 +249,10 @@ class S3Gateway:
                 raise errors.RequestHeaderSectionTooLarge()
             if req.bucket is not None and not bucket_name_valid(req.bucket):
                 raise errors.InvalidBucketName(resource=req.bucket)
-            call = self._authenticate(req)
+            call = await self._authenticate(req)
             principal = _principal(call)
             access_key = call.auth.access_key_id if call.auth else ""
+            authorize(call)
             handler = dispatch.resolve(call)
             operation = getattr(handler, "__name__", "-")
             response = await handler(call)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deltaglider_proxy.engine.keys import KeyError_, check_bucket_name
-from deltaglider_proxy.s3api import errors
+from deltaglider_proxy.s3api import authorize, errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.context import Call
 from deltaglider_proxy.s3api.http import Response, xml_response
@@ -18,7 +18,7 @@ async def require_bucket(call: Call) -> None:
 
 
 async def list_buckets(call: Call) -> Response:
-    buckets = await call.services.engine.list_buckets()
+    buckets = [b for b in await call.services.engine.list_buckets() if authorize.shows_bucket(call, b.name)]
     entries = [
         x.raw("Bucket", x.el("Name", b.name) + x.el("CreationDate", x.iso8601(b.created))) for b in buckets
     ]

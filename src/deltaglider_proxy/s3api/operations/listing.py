@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from deltaglider_proxy.s3api import errors
+from deltaglider_proxy.s3api import authorize, errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.context import Call
 from deltaglider_proxy.s3api.http import Response, xml_response
@@ -127,6 +127,11 @@ def visible(call: Call, objects: Sequence[L], common_prefixes: Sequence[str]) ->
     """What the caller may see: for an anonymous listing only what the public prefixes expose
     (storage.md §10.5)."""
     if call.public_prefixes is None:
+        if call.list_filtered:
+            return (
+                [o for o in objects if authorize.shows_key(call, o.key)],
+                [p for p in common_prefixes if authorize.shows_prefix(call, p)],
+            )
         return list(objects), list(common_prefixes)
     public = call.services.public
     return (
@@ -172,7 +177,10 @@ def render_listing(
             head.append(x.el("NextMarker", _enc(next_cursor, enc)))
     contents = [_contents(info, enc, request.owner) for info in objects]
     prefixes = [x.raw("CommonPrefixes", x.el("Prefix", _enc(p, enc))) for p in common_prefixes]
-    return xml_response(x.document("ListBucketResult", head + contents + prefixes))
+    response = xml_response(x.document("ListBucketResult", head + contents + prefixes))
+    if call.list_filtered:
+        response.headers.append(authorize.LIST_FILTERED_HEADER)
+    return response
 
 
 async def list_objects(call: Call) -> Response:

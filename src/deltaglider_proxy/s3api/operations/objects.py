@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 from deltaglider_proxy.engine.objects import NewObject, ObjectInfo, ObjectMissing
 from deltaglider_proxy.engine.spool import SpooledFile
-from deltaglider_proxy.s3api import errors
+from deltaglider_proxy.s3api import authorize, errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.body import read_small, spool_body
 from deltaglider_proxy.s3api.conditions import (
@@ -220,6 +220,7 @@ async def delete_many(call: Call, delete: Callable[[str, str], Awaitable[object]
         version = x.child_text(obj, "VersionId")
         version_xml = x.el("VersionId", version) if version is not None else ""
         try:
+            authorize.require(call, "delete", call.bucket, key)
             await delete(call.bucket, key)
         except Exception as exc:  # noqa: BLE001 - reported per key, as S3 does
             from deltaglider_proxy.s3api.errormap import to_s3_error
@@ -260,6 +261,7 @@ def parse_copy_source(header: str) -> tuple[str, str]:
 
 async def copy_source_info(call: Call) -> tuple[str, str, ObjectInfo]:
     bucket, key = parse_copy_source(call.req.header("x-amz-copy-source") or "")
+    authorize.require(call, "read", bucket, key)  # copying is reading the source (§3.3)
     engine = call.services.engine
     if not await engine.bucket_exists(bucket):
         raise errors.NoSuchBucket(resource=bucket)

@@ -1,0 +1,55 @@
+"""Dry run of declarative IAM (control-plane.md §3.10.5): what a reconcile would change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltaglider_proxy.admin.guard import require_admin
+from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, json_response
+from deltaglider_proxy.admin.state import AdminState
+from deltaglider_proxy.iam.declarative import ReconcileError
+from deltaglider_proxy.iam.service import EmptyDeclaration
+from deltaglider_proxy.s3api.http import Response
+
+REFUSED = (
+    "declarative IAM preview: flip to declarative mode with empty iam_users / iam_groups would be REFUSED by "
+    "the live apply (would wipe the DB). Add IAM content to the YAML first."
+)
+
+
+def _list(doc: dict[str, Any], name: str, default: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    value = doc.get(name, default)
+    if not isinstance(value, list):
+        raise ApiError(400, "invalid_field", f"{name}: expected a list")
+    return value
+
+
+async def validate(state: AdminState, req: ApiRequest) -> Response:
+    require_admin(req, state.sessions, state.services.access)
+    iam = state.require_iam()
+    doc = await req.json(required=False)
+    users = _list(doc, "iam_users", state.declared_users)
+    groups = _list(doc, "iam_groups", state.declared_groups)
+    try:
+        plan = await iam.reconcile(users, groups, dry_run=True)
+    except EmptyDeclaration:
+        return json_response(200, {"ok": True, "warnings": [REFUSED]})
+    except ReconcileError as exc:
+        line = (
+            "declarative IAM preview REJECTED at validation (live apply would return this error verbatim): "
+            f"{exc}"
+        )
+        return json_response(422, {"error": "iam_reconcile_failed", "message": str(exc), "warnings": [line]})
+    diff = {
+        "users": {
+            "create": [u.name for u in plan.users_create],
+            "update": [u.name for _, u in plan.users_update],
+            "delete": [u.name for u in plan.users_delete],
+        },
+        "groups": {
+            "create": [g.name for g in plan.groups_create],
+            "update": [g.name for _, g in plan.groups_update],
+            "delete": [g.name for g in plan.groups_delete],
+        },
+    }
+    return json_response(200, {"ok": True, "warnings": [plan.preview_line()], "diff": diff})
