@@ -20,6 +20,7 @@ from deltaglider_proxy.cli_rotate import rotate_keys
 from deltaglider_proxy.config.load import ConfigError, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import parse_listen_addr
 from deltaglider_proxy.engine.codec import CodecFailed, check_available
+from deltaglider_proxy.observability.audit import check_mirror, mirror_path_from_env
 from deltaglider_proxy.observability.logs import parse_levels
 from deltaglider_proxy.storage.base import StorageError
 
@@ -35,6 +36,10 @@ def _prepare(snapshot: Snapshot) -> None:
         parse_levels(snapshot.config.advanced.log_level)
     except ValueError as exc:
         _fail(f"advanced.log_level / DGP_LOG_LEVEL / RUST_LOG: {exc}")
+    try:
+        check_mirror(mirror_path_from_env())
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         check_available()
     except CodecFailed as exc:

@@ -56,3 +56,22 @@ def test_mirror_gets_one_json_line_per_entry(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("raw", "size"), [("", 500), ("abc", 500), ("0", 500), ("-3", 500), ("42", 42)])
 def test_ring_size_from_env(raw: str, size: int) -> None:
     assert ring_size_from_env({"DGP_AUDIT_RING_SIZE": raw}) == size
+
+
+def test_audit_fields_are_json_keys_but_not_repeated_in_text_lines(caplog: pytest.LogCaptureFixture) -> None:
+    from deltaglider_proxy.observability.logs import JsonFormatter, KeyValueFormatter
+
+    with caplog.at_level(logging.INFO, logger="deltaglider_proxy.audit"):
+        AuditRing().record("s3_put", user="$bootstrap", bucket="b", path="k v")
+    [record] = caplog.records
+    doc = json.loads(JsonFormatter().format(record))
+    assert (doc["audit"], doc["action"], doc["user"], doc["bucket"], doc["path"]) == (
+        True,
+        "s3_put",
+        "$bootstrap",
+        "b",
+        "k v",
+    )
+    text = KeyValueFormatter().format(record)
+    assert 'msg="AUDIT | action=s3_put | user=$bootstrap' in text
+    assert text.count("action=") == 1

@@ -62,6 +62,17 @@ def mirror_path_from_env(environ: dict[str, str] | None = None) -> Path | None:
     return Path(raw) if raw else None
 
 
+def check_mirror(mirror: Path | None) -> None:
+    """ValueError naming the file when the mirror cannot be appended to: fail at start-up, not on
+    every entry later."""
+    if mirror is None:
+        return
+    try:
+        os.close(os.open(mirror, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ValueError(f"DGP_AUDIT_LOG_PATH: cannot append to {mirror}: {exc.strerror or exc}") from None
+
+
 def ring_size_from_env(environ: dict[str, str] | None = None) -> int:
     """``DGP_AUDIT_RING_SIZE``; non-numeric or < 1 falls back to the default (§10.1)."""
     raw = (environ if environ is not None else dict(os.environ)).get("DGP_AUDIT_RING_SIZE", "")
@@ -88,6 +99,7 @@ class AuditRing:
         self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         if mirror is not None:
+            check_mirror(mirror)
             self._writer = threading.Thread(target=self._write_mirror, name="audit-mirror", daemon=True)
             self._writer.start()
 

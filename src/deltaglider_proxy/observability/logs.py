@@ -55,7 +55,9 @@ class KeyValueFormatter(logging.Formatter):
             "request_id": request_id_var.get(),
             "msg": record.getMessage(),
         }
-        fields.update(_extra(record))
+        if not getattr(record, "audit", False):
+            # An audit record's message already spells out its fields (AUDIT | action=… | …).
+            fields.update(_extra(record))
         line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

@@ -176,13 +176,13 @@ class S3Gateway:
         return call
 
     def _audit(self, call: Call, operation: str) -> None:
-        action = AUDITED_WRITES.get(operation.removeprefix("layout_"))
-        if operation.removeprefix("layout_") == "delete_objects":
-            keys, action = call.deleted_keys, "s3_delete"
-        elif action is None:
-            return
+        name = operation.removeprefix("layout_")
+        if name == "delete_objects":
+            action, keys = "s3_delete", call.deleted_keys  # one entry per deleted key
+        elif name in AUDITED_WRITES:
+            action, keys = AUDITED_WRITES[name], [call.req.key or ""]
         else:
-            keys = [call.req.key or ""]
+            return
         req = call.req
         for key in keys:
             self.services.audit.record(
