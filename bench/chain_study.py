@@ -211,8 +211,9 @@ def reference(corpus: Corpus, rule: bool = True, gate: bool = True) -> Sim:
     return sim
 
 
-def previous(corpus: Corpus, depth: int, skip: bool, rule: bool = True, gate: bool = True) -> Sim:
-    """Against the previous version; past ``depth`` hops re-baseline (whole) or skip to the chain's base."""
+def previous(corpus: Corpus, depth: int, skip: bool | str, rule: bool = True, gate: bool = True) -> Sim:
+    """Against the previous version; past ``depth`` hops re-baseline (whole), skip to the chain's
+    base (``skip=True``), or skip to the newest version at most ``depth // 2`` deep (``"half"``)."""
     sim = Sim(corpus, rule, gate)
     for index in range(len(corpus.files)):
         if index == 0:
@@ -220,7 +221,10 @@ def previous(corpus: Corpus, depth: int, skip: bool, rule: bool = True, gate: bo
             continue
         base: int | None = index - 1
         if sim.entries[index - 1].depth + 1 > depth:
-            base = sim.root(index - 1) if skip else None
+            if skip == "half":
+                base = max(c for c in range(index) if sim.entries[c].depth <= depth // 2)
+            else:
+                base = sim.root(index - 1) if skip else None
         sim.place(base)
     return sim
 
@@ -347,6 +351,9 @@ def strategies() -> list[tuple[str, Callable[[Corpus], Sim], bool]]:
         rows.append((f"previous D={label}, re-baseline", lambda c, d=depth: previous(c, d, False), True))
         if depth < UNLIMITED:
             rows.append((f"previous D={label}, skip to base", lambda c, d=depth: previous(c, d, True), True))
+            rows.append(
+                (f"previous D={label}, skip to newest ≤ D/2", lambda c, d=depth: previous(c, d, "half"), True)
+            )
     for depth in (3, 4, UNLIMITED):
         rows.append((f"skip-delta D={depth_label(depth)}", lambda c, d=depth: skip_delta(c, d), True))
     for depth in (4, 8, 12, 16, UNLIMITED):
