@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -463,6 +465,40 @@ def validate_sketch(corpus: Corpus, window: int) -> dict[str, object]:
     }
 
 
+def hop_costs(corpus: Corpus, workdir: Path, repeats: int) -> dict[str, float] | None:
+    """The cost model of a chain read: one ``xdelta3 -d`` hop per adjacent kept delta (best of
+    ``repeats``), SHA-256 of its output, and a plain copy of the same file, as medians over the corpus."""
+    hops: list[tuple[float, float, float, int]] = []
+    out = workdir / "hop.out"
+    for index in range(len(corpus.files) - 1):
+        pair = corpus.pair(index, index + 1)
+        if pair.delta is None:
+            continue
+        decode = hashing = copy = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run_xdelta([*DECODE, "-s", str(corpus.files[index]), str(pair.delta), str(out)])
+            decode = min(decode, time.perf_counter() - started)
+            started = time.perf_counter()
+            digest = sha256_file(out)
+            hashing = min(hashing, time.perf_counter() - started)
+            started = time.perf_counter()
+            shutil.copyfile(corpus.files[index + 1], workdir / "copy")
+            copy = min(copy, time.perf_counter() - started)
+        assert digest == corpus.sha[index + 1]
+        hops.append((decode, hashing, copy, corpus.sizes[index + 1]))
+    if not hops:
+        return None
+    size = statistics.median(h[3] for h in hops)
+    return {
+        "hops": len(hops),
+        "size": size,
+        "decode_s": statistics.median(h[0] for h in hops),
+        "sha_s": statistics.median(h[1] for h in hops),
+        "copy_s": statistics.median(h[2] for h in hops),
+    }
+
+
 # ----------------------------------------------------------------------------------- xdelta3 merge
 
 
@@ -524,6 +560,60 @@ def merge_check(corpus: Corpus, workdir: Path) -> dict[str, object] | None:
 # ----------------------------------------------------------------------------------- main
 
 
+def merge_runs(runs: list[list[dict[str, object]]]) -> list[dict[str, object]]:
+    """Rows of several runs: sizes from the last, each decode timing the fastest seen (the machine is
+    shared, so a slow run measures the neighbours)."""
+    merged: dict[tuple[str, str], dict[str, object]] = {}
+    for rows in runs:
+        for row in rows:
+            key = (str(row["corpus"]), str(row["strategy"]))
+            previous_timing = merged.get(key, {}).get("decode")
+            timing = row.get("decode")
+            if isinstance(previous_timing, dict) and isinstance(timing, dict):
+                row = {**row, "decode": {k: min(v, previous_timing[k]) for k, v in timing.items()}}
+            merged[key] = row
+    order = [(str(r["corpus"]), str(r["strategy"])) for r in runs[-1]]
+    return [merged[k] for k in order] + [v for k, v in merged.items() if k not in set(order)]
+
+
+def pivot(figures: list[dict[str, object]]) -> None:
+    """Strategy x corpus summaries: savings (max depth), and cold GET of the deepest object."""
+    corpora = list(dict.fromkeys(str(r["corpus"]) for r in figures))
+    strategies_seen = list(dict.fromkeys(str(r["strategy"]) for r in figures))
+    cell = {(str(r["corpus"]), str(r["strategy"])): r for r in figures}
+    header = "| strategy | " + " | ".join(corpora) + " |"
+    rule = "|---|" + "--:|" * len(corpora)
+    print("\nSavings (max chain depth), encode CPU seconds in brackets:\n")
+    print(header)
+    print(rule)
+    for label in strategies_seen:
+        cells = []
+        for name in corpora:
+            r = cell.get((name, label))
+            cells.append(
+                "—"
+                if r is None
+                else f"{100 * float(r['savings']):.1f} % ({r['max_depth']}) [{float(r['cpu']):.0f}]"
+            )
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\nDeepest object: hops, cold GET ms (of which SHA-256), warm 1-hop ms, file copy ms:\n")
+    print(header)
+    print(rule)
+    for label in strategies_seen:
+        cells = []
+        for name in corpora:
+            r = cell.get((name, label))
+            timing = r.get("decode") if r else None
+            if not isinstance(timing, dict):
+                cells.append("—")
+                continue
+            cells.append(
+                f"{timing['hops']}: {1000 * timing['cold']:.0f} ({1000 * timing['hashing']:.0f}) "
+                f"/ {1000 * timing['warm']:.0f} / {1000 * timing['copy']:.1f}"
+            )
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def load(name: str, root: Path, pairs: PairCache) -> Corpus:
     files = versions(root / name)
     return Corpus(
@@ -545,11 +635,20 @@ def main() -> None:
     parser.add_argument("--validate-window", type=int, default=8, help="sketch check: candidates per target")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode timings")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument(
+        "--pivot-from",
+        default=None,
+        help="only print the summaries of --json files (comma-separated: timings are the best of them)",
+    )
     args = parser.parse_args()
+    if args.pivot_from:
+        pivot(merge_runs([json.loads(Path(p).read_text())["rows"] for p in args.pivot_from.split(",")]))
+        return
     pairs = PairCache(Path(args.cache_dir))
     figures: list[dict[str, object]] = []
     checks: dict[str, dict[str, object]] = {}
     merges: dict[str, dict[str, object] | None] = {}
+    costs: dict[str, dict[str, float] | None] = {}
     print(
         "| corpus | strategy | stored MB | savings | full | max depth | mean depth | newest depth "
         "| deepest: hops | cold GET MB/s | warm (1 hop) MB/s | copy MB/s | cold / copy "
@@ -610,6 +709,7 @@ def main() -> None:
                 )
             checks[name] = validate_sketch(corpus, args.validate_window)
             merges[name] = merge_check(corpus, workdir)
+            costs[name] = hop_costs(corpus, workdir, max(args.repeats, 5))
     print(f"\nSketch choice vs best real delta, previous {args.validate_window} versions as candidates:\n")
     print("| corpus | targets | same pick | within 5 % | picked bytes | best bytes | worst case |")
     print("|---|--:|--:|--:|--:|--:|---|")
@@ -638,9 +738,24 @@ def main() -> None:
             f"| {m['pair_merge_s']:.3f} | {int(m['pair_merged']) / MB:.3f} "
             f"| {int(m['pair_direct']) / MB:.3f} ({m['pair_direct_cpu']:.2f}) |"
         )
+    print("\nOne hop (adjacent deltas, medians; best of at least 5 runs each):\n")
+    print(
+        "| corpus | hops | object MB | decode ms | decode MB/s | SHA-256 ms | copy ms | hop + SHA vs copy |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for name, c in costs.items():
+        if c is None:
+            print(f"| {name} | 0 (no kept adjacent delta) | | | | | | |")
+            continue
+        print(
+            f"| {name} | {c['hops']:.0f} | {c['size'] / MB:.1f} | {1000 * c['decode_s']:.1f} "
+            f"| {c['size'] / MB / c['decode_s']:.0f} | {1000 * c['sha_s']:.1f} | {1000 * c['copy_s']:.1f} "
+            f"| {c['copy_s'] / (c['decode_s'] + c['sha_s']):.2f} |"
+        )
+    pivot(figures)
     print(f"\npairs encoded this run: {pairs.encoded}; cache {args.cache_dir}")
     if args.json:
-        doc = {"rows": figures, "sketch": checks, "merge": merges}
+        doc = {"rows": figures, "sketch": checks, "merge": merges, "hops": costs}
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
 
 
