@@ -137,8 +137,15 @@ class Corpus:
     sketches: list[Sketch]
     sha: list[str]
     pairs: PairCache
+    # Mixed corpora: (original corpus, its files, index there) per file, so pairs of one family
+    # reuse that corpus's cached deltas.
+    origins: list[tuple[str, list[Path], int]] | None = None
 
     def pair(self, source: int, target: int) -> Pair:
+        if self.origins is not None:
+            (name_s, files_s, index_s), (name_t, _, index_t) = self.origins[source], self.origins[target]
+            if name_s == name_t:
+                return self.pairs.get(name_s, files_s, index_s, index_t)
         return self.pairs.get(self.name, self.files, source, target)
 
     def containment(self, source: int, target: int) -> float:
@@ -277,6 +284,23 @@ def best_recent(corpus: Corpus, window: int, depth: int, oracle: bool = False) -
     return sim
 
 
+def best_recent_skip(corpus: Corpus, window: int, depth: int) -> Sim:
+    """The most similar of the last ``window`` uploads by sketch (any depth); when a delta on it
+    would be more than ``depth`` hops deep, the delta goes to that candidate's full base instead."""
+    sim = Sim(corpus)
+    for index in range(len(corpus.files)):
+        if index == 0:
+            sim.full()
+            continue
+        options = list(range(max(0, index - window), index))
+        best, score = sketch_pick(corpus, options, index)
+        if sim.entries[best].depth + 1 > depth:
+            best = sim.root(best)
+            score = corpus.containment(best, index)
+        sim.place(best if score >= WORTH_ENCODING else None)
+    return sim
+
+
 def rebase_reference(corpus: Corpus, threshold: float) -> Sim:
     """One hop from a full base; a new full base when the delta exceeds ``threshold`` of the target."""
     sim = Sim(corpus)
@@ -364,6 +388,9 @@ def strategies() -> list[tuple[str, Callable[[Corpus], Sim], bool]]:
         for depth in (4, 8, UNLIMITED):
             label = f"best-of-recent K={window} D={depth_label(depth)}"
             rows.append((label, lambda c, k=window, d=depth: best_recent(c, k, d), True))
+    for depth in (8, 16):
+        label = f"best-of-recent K=4 D={depth}, skip to base"
+        rows.append((label, lambda c, d=depth: best_recent_skip(c, 4, d), True))
     for depth in (4, 8, UNLIMITED):
         label = f"oracle-of-recent K=8 D={depth_label(depth)}"
         rows.append((label, lambda c, d=depth: best_recent(c, 8, d, oracle=True), True))
@@ -560,6 +587,23 @@ def merge_check(corpus: Corpus, workdir: Path) -> dict[str, object] | None:
 # ----------------------------------------------------------------------------------- main
 
 
+def print_hops(costs: dict[str, dict[str, float] | None]) -> None:
+    print("\nOne hop (adjacent deltas, medians; best of at least 5 runs each):\n")
+    print(
+        "| corpus | hops | object MB | decode ms | decode MB/s | SHA-256 ms | copy ms | hop + SHA vs copy |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for name, c in costs.items():
+        if c is None:
+            print(f"| {name} | 0 (no kept adjacent delta) | | | | | | |")
+            continue
+        print(
+            f"| {name} | {c['hops']:.0f} | {c['size'] / MB:.1f} | {1000 * c['decode_s']:.1f} "
+            f"| {c['size'] / MB / c['decode_s']:.0f} | {1000 * c['sha_s']:.1f} | {1000 * c['copy_s']:.1f} "
+            f"| {c['copy_s'] / (c['decode_s'] + c['sha_s']):.2f} |"
+        )
+
+
 def merge_runs(runs: list[list[dict[str, object]]]) -> list[dict[str, object]]:
     """Rows of several runs: sizes from the last, each decode timing the fastest seen (the machine is
     shared, so a slow run measures the neighbours)."""
@@ -615,7 +659,17 @@ def pivot(figures: list[dict[str, object]]) -> None:
 
 
 def load(name: str, root: Path, pairs: PairCache) -> Corpus:
-    files = versions(root / name)
+    """A corpus directory, or ``a+b``: two corpora interleaved in one prefix (a1, b1, a2, b2, ...),
+    as when one prefix holds the releases of several artifacts."""
+    origins: list[tuple[str, list[Path], int]] | None = None
+    if "+" in name:
+        families = [(part, versions(root / part)) for part in name.split("+")]
+        origins = []
+        for step in range(max(len(f) for _, f in families)):
+            origins += [(part, files, step) for part, files in families if step < len(files)]
+        files = [family_files[index] for _, family_files, index in origins]
+    else:
+        files = versions(root / name)
     return Corpus(
         name,
         files,
@@ -623,6 +677,7 @@ def load(name: str, root: Path, pairs: PairCache) -> Corpus:
         [sketch_file(f) for f in files],
         [sha256_file(f) for f in files],
         pairs,
+        origins,
     )
 
 
@@ -635,6 +690,7 @@ def main() -> None:
     parser.add_argument("--validate-window", type=int, default=8, help="sketch check: candidates per target")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode timings")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--hops-only", action="store_true", help="only the one-hop cost table")
     parser.add_argument(
         "--pivot-from",
         default=None,
@@ -645,6 +701,14 @@ def main() -> None:
         pivot(merge_runs([json.loads(Path(p).read_text())["rows"] for p in args.pivot_from.split(",")]))
         return
     pairs = PairCache(Path(args.cache_dir))
+    if args.hops_only:
+        with tempfile.TemporaryDirectory(prefix="chain-study-") as temp:
+            costs = {
+                name: hop_costs(load(name, Path(args.corpus_dir), pairs), Path(temp), max(args.repeats, 5))
+                for name in args.corpora.split(",")
+            }
+        print_hops(costs)
+        return
     figures: list[dict[str, object]] = []
     checks: dict[str, dict[str, object]] = {}
     merges: dict[str, dict[str, object] | None] = {}
@@ -662,6 +726,8 @@ def main() -> None:
             original = sum(corpus.sizes)
             memo: dict[tuple[int, ...], Decode] = {}
             for label, run, decode in strategies():
+                if corpus.origins is not None and "raw" in label:
+                    continue  # ungated cross-artifact encodes: minutes of CPU for nothing
                 sim = run(corpus)
                 stored = sum(e.stored for e in sim.entries)
                 depths = [e.depth for e in sim.entries]
@@ -708,8 +774,9 @@ def main() -> None:
                     flush=True,
                 )
             checks[name] = validate_sketch(corpus, args.validate_window)
-            merges[name] = merge_check(corpus, workdir)
-            costs[name] = hop_costs(corpus, workdir, max(args.repeats, 5))
+            if corpus.origins is None:  # interleaved corpora: the same hops as their parts
+                merges[name] = merge_check(corpus, workdir)
+                costs[name] = hop_costs(corpus, workdir, max(args.repeats, 5))
     print(f"\nSketch choice vs best real delta, previous {args.validate_window} versions as candidates:\n")
     print("| corpus | targets | same pick | within 5 % | picked bytes | best bytes | worst case |")
     print("|---|--:|--:|--:|--:|--:|---|")
@@ -738,20 +805,7 @@ def main() -> None:
             f"| {m['pair_merge_s']:.3f} | {int(m['pair_merged']) / MB:.3f} "
             f"| {int(m['pair_direct']) / MB:.3f} ({m['pair_direct_cpu']:.2f}) |"
         )
-    print("\nOne hop (adjacent deltas, medians; best of at least 5 runs each):\n")
-    print(
-        "| corpus | hops | object MB | decode ms | decode MB/s | SHA-256 ms | copy ms | hop + SHA vs copy |"
-    )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    for name, c in costs.items():
-        if c is None:
-            print(f"| {name} | 0 (no kept adjacent delta) | | | | | | |")
-            continue
-        print(
-            f"| {name} | {c['hops']:.0f} | {c['size'] / MB:.1f} | {1000 * c['decode_s']:.1f} "
-            f"| {c['size'] / MB / c['decode_s']:.0f} | {1000 * c['sha_s']:.1f} | {1000 * c['copy_s']:.1f} "
-            f"| {c['copy_s'] / (c['decode_s'] + c['sha_s']):.2f} |"
-        )
+    print_hops(costs)
     pivot(figures)
     print(f"\npairs encoded this run: {pairs.encoded}; cache {args.cache_dir}")
     if args.json:
