@@ -49,6 +49,9 @@ storage:
   backend_encryption:
     mode: aes256-gcm-proxy
     key_id: {KEY_ID_A}
+  buckets:
+    enc-flat:
+      compression: false
 {extra}
 """
     )
@@ -240,6 +243,19 @@ def test_copy_object_re_seals_for_the_target(setup: Setup, bucket: str) -> None:
     setup.s3.copy_object(Bucket=bucket, Key="dst.txt", CopySource={"Bucket": bucket, "Key": "src.txt"})
     assert get(setup.s3, bucket, "dst.txt") == body
     assert setup.user_metadata(bucket, "dst.txt")["dg-encryption-key-id"] == KEY_ID_A
+
+
+def test_copy_into_a_compression_off_bucket(setup: Setup, bucket: str) -> None:
+    """On S3 the ciphertext is copied server-side (same key, markers carried); the filesystem
+    backend has no server-side copy, so the engine re-seals it."""
+    body = sample(CHUNK + 17, "flat")
+    setup.s3.put_object(Bucket=bucket, Key="src.txt", Body=body)
+    setup.s3.create_bucket(Bucket="enc-flat")
+    setup.s3.copy_object(Bucket="enc-flat", Key="dst.txt", CopySource={"Bucket": bucket, "Key": "src.txt"})
+    assert get(setup.s3, "enc-flat", "dst.txt") == body
+    assert setup.user_metadata("enc-flat", "dst.txt")["dg-encryption-key-id"] == KEY_ID_A
+    same_bytes = setup.layout.read("enc-flat", "dst.txt") == setup.layout.read(bucket, "src.txt")
+    assert same_bytes == (setup.kind == "moto")
 
 
 # --- ranges --------------------------------------------------------------------------------------
