@@ -439,6 +439,30 @@ storage:
     assert_internal_error(setup.s3, bucket, "new.txt")  # the old proxy does not know key B
 
 
+def test_mode_none_with_a_legacy_key_reads_old_objects_and_writes_plaintext(
+    setup: Setup, bucket: str
+) -> None:
+    old = sample(CHUNK + 1, "shim")
+    setup.s3.put_object(Bucket=bucket, Key="sealed.txt", Body=old)
+    config = f"""
+storage:
+  backend_encryption:
+    mode: none
+    legacy_key: "${{env:OLD_KEY}}"
+    legacy_key_id: {KEY_ID_A}
+"""
+    stopped = setup.proxy_with(f"shim-{bucket}", config, {"OLD_KEY": KEY_A})
+    try:
+        client = make_client(stopped.endpoint)
+        assert get(client, bucket, "sealed.txt") == old
+        client.put_object(Bucket=bucket, Key="open.txt", Body=b"plain from now on")
+        assert setup.layout.read(bucket, "open.txt") == b"plain from now on"
+        assert "dg-encrypted" not in setup.user_metadata(bucket, "open.txt")
+    finally:
+        stopped.stop()
+    assert get(setup.s3, bucket, "open.txt") == b"plain from now on"  # plaintext stays readable
+
+
 def test_private_dirs_are_0700(setup: Setup) -> None:
     state = setup.proxy.data_dir / ".deltaglider"
     if setup.kind != "filesystem":
