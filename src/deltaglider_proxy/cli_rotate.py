@@ -54,6 +54,8 @@ async def _targets(storage: Backend, buckets: tuple[str, ...], only: str | None)
             if only is None or backend.name == only:
                 found.append(Target(backend, real))
         return found
+    if not any(b.policy.write_key for n, b in wrappers.items() if only is None or n == only):
+        raise RotationUnavailable("no backend has an active key (mode aes256-gcm-proxy with a key)")
     targets: list[Target] = []
     for name, backend in sorted(wrappers.items()):
         if (only is None or name == only) and backend.policy.write_key is not None:
@@ -73,12 +75,22 @@ async def _rotate(
     except ConfigError as exc:
         click.echo(f"deltaglider-proxy: {exc}", err=True)
         return 2
-    storage = build_backend(snapshot)
-    await getattr(storage, "start")()  # noqa: B009 - every built storage has start()
+    try:
+        storage = build_backend(snapshot)
+    except StorageError as exc:
+        click.echo(f"deltaglider-proxy: storage backend: {exc}", err=True)
+        return 2
     failed = 0
     try:
+        await getattr(storage, "start")()  # noqa: B009 - every built storage has start()
         for target in await _targets(storage, buckets, only):
             backend, bucket = target.backend, target.bucket
+            write_key = backend.policy.write_key
+            if write_key is None:
+                raise RotationUnavailable(
+                    f"backend {backend.name!r} (bucket {bucket!r}) has no active key: rotation needs "
+                    "mode aes256-gcm-proxy with a key"
+                )
             names = await stored_names(backend, bucket)
             label = f"{backend.name}/{bucket}"
             with click.progressbar(length=len(names), label=label, file=sys.stderr, show_pos=True) as bar:
@@ -92,7 +104,7 @@ async def _rotate(
                 )
             summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(report.counts.items()))
             verb = "would rotate" if dry_run else "rotated"
-            click.echo(f"{label}: {summary or 'empty'} ({verb} to key id {backend.policy.write_key[1]})")  # type: ignore[index]
+            click.echo(f"{label}: {summary or 'empty'} ({verb} to key id {write_key[1]})")
             for name, reason in report.failures:
                 click.echo(f"  failed: {name}: {reason}", err=True)
             failed += len(report.failures)

@@ -49,6 +49,9 @@ storage:
   backend_encryption:
     mode: aes256-gcm-proxy
     key_id: {KEY_ID_A}
+  buckets:
+    enc-flat:
+      compression: false
 {extra}
 """
     )
@@ -242,6 +245,19 @@ def test_copy_object_re_seals_for_the_target(setup: Setup, bucket: str) -> None:
     assert setup.user_metadata(bucket, "dst.txt")["dg-encryption-key-id"] == KEY_ID_A
 
 
+def test_copy_into_a_compression_off_bucket(setup: Setup, bucket: str) -> None:
+    """On S3 the ciphertext is copied server-side (same key, markers carried); the filesystem
+    backend has no server-side copy, so the engine re-seals it."""
+    body = sample(CHUNK + 17, "flat")
+    setup.s3.put_object(Bucket=bucket, Key="src.txt", Body=body)
+    setup.s3.create_bucket(Bucket="enc-flat")
+    setup.s3.copy_object(Bucket="enc-flat", Key="dst.txt", CopySource={"Bucket": bucket, "Key": "src.txt"})
+    assert get(setup.s3, "enc-flat", "dst.txt") == body
+    assert setup.user_metadata("enc-flat", "dst.txt")["dg-encryption-key-id"] == KEY_ID_A
+    same_bytes = setup.layout.read("enc-flat", "dst.txt") == setup.layout.read(bucket, "src.txt")
+    assert same_bytes == (setup.kind == "moto")
+
+
 # --- ranges --------------------------------------------------------------------------------------
 
 SIZE = 3 * CHUNK + 100
@@ -421,6 +437,30 @@ storage:
     finally:
         rotated.stop()
     assert_internal_error(setup.s3, bucket, "new.txt")  # the old proxy does not know key B
+
+
+def test_mode_none_with_a_legacy_key_reads_old_objects_and_writes_plaintext(
+    setup: Setup, bucket: str
+) -> None:
+    old = sample(CHUNK + 1, "shim")
+    setup.s3.put_object(Bucket=bucket, Key="sealed.txt", Body=old)
+    config = f"""
+storage:
+  backend_encryption:
+    mode: none
+    legacy_key: "${{env:OLD_KEY}}"
+    legacy_key_id: {KEY_ID_A}
+"""
+    stopped = setup.proxy_with(f"shim-{bucket}", config, {"OLD_KEY": KEY_A})
+    try:
+        client = make_client(stopped.endpoint)
+        assert get(client, bucket, "sealed.txt") == old
+        client.put_object(Bucket=bucket, Key="open.txt", Body=b"plain from now on")
+        assert setup.layout.read(bucket, "open.txt") == b"plain from now on"
+        assert "dg-encrypted" not in setup.user_metadata(bucket, "open.txt")
+    finally:
+        stopped.stop()
+    assert get(setup.s3, bucket, "open.txt") == b"plain from now on"  # plaintext stays readable
 
 
 def test_private_dirs_are_0700(setup: Setup) -> None:

@@ -199,3 +199,22 @@ def test_a_key_id_whose_key_changed_stops_the_start(tmp_path: Path) -> None:
     assert changed.returncode == 2, changed.stderr
     assert "key id 'pinned' is not the key this proxy used under that id before" in changed.stderr
     assert other not in changed.stderr and KEY not in changed.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--bucket", "some-bucket"]], ids=["all", "one-bucket"])
+def test_rotate_keys_without_an_active_key_says_so(tmp_path: Path, args: list[str]) -> None:
+    path = tmp_path / "none.yaml"
+    path.write_text("storage:\n  backend_encryption: {mode: none}\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DGP_", "AWS_"))}
+    result = subprocess.run(
+        [str(PROXY_BIN), "rotate-keys", "-c", str(path), *args],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "an active key" in result.stderr or "no active key" in result.stderr
+    assert "aes256-gcm-proxy" in result.stderr
+    assert "Traceback" not in result.stderr

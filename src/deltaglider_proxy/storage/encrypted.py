@@ -28,9 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from deltaglider_proxy.storage import encryption_format as ef
 from deltaglider_proxy.storage.base import (
     Backend,
@@ -39,17 +36,22 @@ from deltaglider_proxy.storage.base import (
     ObjectNotFound,
     StoredObject,
 )
+from deltaglider_proxy.storage.encryption_io import (
+    BATCH_BYTES,
+    batched,
+    check_key,
+    decrypt_single_shot_file,
+    encrypt_file,
+    pipelined,
+    stream_to_file,
+    unlink_all,
+)
 from deltaglider_proxy.storage.metadata import FileMetadata
 
 log = logging.getLogger(__name__)
 
-# Ciphertext is handed to AES in pieces of about this size: big enough that the thread hop is
-# noise next to the AES work, small enough that a request holds a few MiB at most.
-BATCH_BYTES = 1024 * 1024
-READ_BYTES = 16 * ef.CHUNK_SIZE
 MARKERS = (ef.MARKER_KEY, ef.KEY_ID_KEY)
 LEFTOVER_AGE_SECONDS = 3600
-KEY_CHECK_TEXT = b"deltaglider-proxy key check"
 
 
 @dataclass(frozen=True)
@@ -93,71 +95,6 @@ def stored_plaintext_size(record: FileMetadata) -> int:
     if record.note == "delta" and record.delta_size is not None:
         return record.delta_size
     return record.file_size
-
-
-# --- blocking file work (worker threads) -------------------------------------------------------
-
-
-def encrypt_file(key: bytes, source: Path, target: Path) -> int:
-    """Write the chunked encryption of ``source`` to the new file ``target``; returns the
-    plaintext size. Not fsynced here: the backend that takes the file makes it durable (the
-    filesystem backend fsyncs what it renames into place; the S3 backend only reads it)."""
-    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(src).st_size
-        encryptor = ef.ChunkedEncryptor(key, size)
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            while chunk := os.read(src, BATCH_BYTES):
-                _write_all(dst, encryptor.update(chunk))
-            _write_all(dst, encryptor.finish())
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    return size
-
-
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    # Frame-sized pieces go out in one writev; a short write resumes where it stopped.
-    while pieces:
-        written = os.writev(fd, pieces)
-        while pieces and written >= len(pieces[0]):
-            written -= len(pieces[0])
-            pieces = pieces[1:]
-        if pieces and written:
-            pieces = [pieces[0][written:], *pieces[1:]]
-
-
-def decrypt_single_shot_file(key: bytes, source: Path, target: Path) -> None:
-    """Authenticate and decrypt an ``aes-256-gcm-v1`` blob file to ``target`` (streaming GCM,
-    so memory stays bounded; ``target`` is removed unless the tag verifies)."""
-    size = os.path.getsize(source)
-    if size < ef.SINGLE_SHOT_OVERHEAD:
-        raise ef.MalformedCiphertext(
-            f"encrypted object is {size} bytes; the {ef.MARKER_SINGLE_SHOT} format needs at least "
-            f"{ef.SINGLE_SHOT_OVERHEAD}"
-        )
-    with open(source, "rb") as src:
-        iv = src.read(ef.IV_SIZE)
-        src.seek(size - ef.TAG_SIZE)
-        tag = src.read(ef.TAG_SIZE)
-        src.seek(ef.IV_SIZE)
-        decryptor = Cipher(algorithms.AES(key), modes.GCM(iv, tag)).decryptor()
-        remaining = size - ef.SINGLE_SHOT_OVERHEAD
-        try:
-            with open(target, "xb") as dst:
-                while remaining:
-                    chunk = src.read(min(BATCH_BYTES, remaining))
-                    remaining -= len(chunk)
-                    dst.write(decryptor.update(chunk))
-                decryptor.finalize()
-        except InvalidTag:
-            target.unlink(missing_ok=True)
-            raise ef.DecryptionError(ef.DECRYPTION_FAILED) from None
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
 
 
 # --- the wrapper -------------------------------------------------------------------------------
@@ -221,18 +158,7 @@ class EncryptedBackend:
             if key_id is None or key is None:
                 continue
             path = checks / hashlib.sha256(key_id.encode()).hexdigest()[:32]
-            try:
-                sealed = path.read_bytes()
-            except FileNotFoundError:
-                temp = path.with_suffix(".tmp")
-                temp.write_bytes(ef.encrypt_chunked(key, KEY_CHECK_TEXT))
-                os.replace(temp, path)
-                continue
-            try:
-                ok = ef.decrypt_chunked(key, sealed, len(KEY_CHECK_TEXT)) == KEY_CHECK_TEXT
-            except ef.EncryptionError:
-                ok = False
-            if not ok:
+            if not check_key(path, key):
                 raise ef.EncryptionError(
                     f"backend {self.name!r}: the key configured for key id {key_id!r} is not the key "
                     f"this proxy used under that id before (checked against {path}); objects sealed "
@@ -364,8 +290,10 @@ class EncryptedBackend:
     async def _read_unmarked(
         self, bucket: str, name: str, start: int, end: int | None
     ) -> AsyncIterator[bytes]:
-        if start > 0:
-            # Only a read from offset 0 can see the magic; check the object's first bytes too.
+        if start > 0 and self.policy.ring.known_ids:
+            # Only a read from offset 0 sees the magic. Where keys are configured (so ciphertext
+            # of ours may be here) a range also checks the first bytes; elsewhere that extra
+            # request per range is not worth it (upstream checks no ranges at all).
             head = b"".join([c async for c in self.inner.read(bucket, name, 0, len(ef.MAGIC))])
             self._refuse_magic(bucket, name, head)
         first = start == 0
@@ -419,7 +347,7 @@ class EncryptedBackend:
                 header = b"".join([c async for c in self.inner.read(bucket, name, 0, ef.HEADER_SIZE)])
                 decryptor = ef.ChunkedRangeDecryptor(key, size, header, plan)
                 source = self.inner.read(bucket, name, plan.wire_start, plan.wire_end)
-            async for plain in _pipelined(_batched(source), decryptor.update):
+            async for plain in pipelined(batched(source), decryptor.update):
                 yield plain
             decryptor.finish()
         except ef.EncryptionError as exc:
@@ -431,7 +359,7 @@ class EncryptedBackend:
         sealed = self._temp_path(".legacy")
         opened = self._temp_path(".plain")
         try:
-            await _stream_to_file(self.inner.read(bucket, name), sealed)
+            await stream_to_file(self.inner.read(bucket, name), sealed)
             try:
                 await asyncio.to_thread(decrypt_single_shot_file, key, sealed, opened)
             except ef.EncryptionError as exc:
@@ -450,7 +378,7 @@ class EncryptedBackend:
                         remaining -= len(chunk)
                     yield chunk
         finally:
-            await asyncio.to_thread(_unlink_all, sealed, opened)
+            await asyncio.to_thread(unlink_all, sealed, opened)
 
     def _temp_path(self, suffix: str) -> Path:
         return self.work_dir / f".dg.crypt.{secrets.token_hex(8)}{suffix}"
@@ -489,7 +417,7 @@ class EncryptedCopyingBackend(EncryptedBackend):
             return _plaintext(stored)
         plain = self._temp_path(".copy")
         try:
-            await _stream_to_file(self.read(bucket, source_name), plain)
+            await stream_to_file(self.read(bucket, source_name), plain)
             return await self.write(target_bucket, target_name, plain, record, move=True)
         finally:
             await asyncio.to_thread(plain.unlink, True)
@@ -517,69 +445,3 @@ def _plaintext(stored: StoredObject) -> StoredObject:
     if marker is None:
         return stored
     return replace(stored, size=stored_plaintext_size(stored.record))
-
-
-async def _batched(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    pending: list[bytes] = []
-    held = 0
-    async for chunk in source:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= BATCH_BYTES:
-            yield b"".join(pending)
-            pending, held = [], 0
-    if pending:
-        yield b"".join(pending)
-
-
-async def _pipelined(
-    source: AsyncIterator[bytes], decrypt: Callable[[bytes], list[bytes]]
-) -> AsyncIterator[bytes]:
-    """Decrypted ``source``, one joined piece per batch, with the next batch being read and
-    decrypted in threads while the caller sends this one: reading, AES and sending overlap
-    instead of taking turns. ``decrypt`` is stateful, so batches still go through it in order."""
-    ahead: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=2)
-
-    async def pump() -> None:
-        try:
-            async for piece in source:
-                await ahead.put(piece)
-            await ahead.put(None)
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            await ahead.put(exc)
-
-    reader = asyncio.create_task(pump())
-    running: asyncio.Future[list[bytes]] | None = None
-    try:
-        while True:
-            item = await ahead.get()
-            if isinstance(item, Exception):
-                raise item
-            done = await running if running is not None else None
-            running = None
-            if item is not None:
-                running = asyncio.ensure_future(asyncio.to_thread(decrypt, item))
-            if done:
-                yield b"".join(done)
-            if item is None:
-                return
-    finally:
-        reader.cancel()
-        if running is not None:
-            running.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
-
-
-async def _stream_to_file(source: AsyncIterator[bytes], path: Path) -> None:
-    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        async for piece in _batched(source):
-            await asyncio.to_thread(_write_all, fd, [piece])
-    finally:
-        os.close(fd)
-
-
-def _unlink_all(*paths: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
