@@ -296,3 +296,39 @@ def test_stats_need_an_admin_principal(server: ProxyServer) -> None:
         assert requests.get(url, headers=as_reader).status_code == 403
     finally:
         admin.ok("DELETE", f"/users/{reader['id']}", status=204)
+
+
+def test_set_bootstrap_password_cli_then_login(tmp_path: Path) -> None:
+    import base64
+    import subprocess
+
+    from tests.support.server import PROXY_BIN
+
+    root = tmp_path / "cli"
+    root.mkdir()
+    weak = subprocess.run(
+        [str(PROXY_BIN), "--set-bootstrap-password"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert weak.returncode == 2 and "at least 12 characters" in weak.stderr
+    done = subprocess.run(
+        [str(PROXY_BIN), "--set-bootstrap-password"],
+        input="set-from-the-cli-123\n",
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("DGP_BOOTSTRAP_PASSWORD_HASH=")
+    assert base64.b64decode(line.split("=", 1)[1]).decode().startswith("$argon2id$")
+    proxy = ProxyServer(data_dir=root / "data", env={"DGP_CONFIG_DB_KEY": "5f" * 32})
+    proxy.start()
+    try:
+        assert Admin(proxy.endpoint).login("set-from-the-cli-123").status_code == 200
+        assert Admin(proxy.endpoint).login(ADMIN_PASSWORD).status_code == 401
+    finally:
+        proxy.stop()

@@ -93,7 +93,19 @@ def _checked(value: str, source: str) -> str:
 def _generate(state_dir: Path) -> BootstrapPassword:
     password = generate_password()
     stored = hash_password(password)
-    write_atomically(state_dir / HASH_FILE, (stored + "\n").encode())
+    try:
+        write_atomically(state_dir / HASH_FILE, (stored + "\n").encode())
+    except OSError as exc:
+        # S3 service must not depend on a writable working directory; only admin login is lost.
+        log.error(
+            "cannot store a generated bootstrap password in %s (%s): admin login is disabled until "
+            "DGP_BOOTSTRAP_PASSWORD or DGP_BOOTSTRAP_PASSWORD_HASH is set",
+            state_dir,
+            exc,
+        )
+        return BootstrapPassword(
+            hash_password(generate_password() + generate_password()), "generated", state_dir
+        )
     if sys.stderr.isatty():
         print(
             "\n" + "=" * 72 + f"\n  Admin bootstrap password (shown once): {password}\n"
