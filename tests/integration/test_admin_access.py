@@ -332,3 +332,21 @@ def test_set_bootstrap_password_cli_then_login(tmp_path: Path) -> None:
         assert Admin(proxy.endpoint).login(ADMIN_PASSWORD).status_code == 401
     finally:
         proxy.stop()
+
+
+def test_login_as_gives_no_key_oracle(server: ProxyServer) -> None:
+    admin = Admin(server.endpoint)
+    admin.login()
+    user = admin.create_user("oracle", [allow(["*"], ["*"])])
+    try:
+        url = f"{server.endpoint}/_/api/admin/login-as"
+        unknown = requests.post(
+            url, json={"access_key_id": "AKNOSUCHKEY00000000", "secret_access_key": "x" * 40}
+        )
+        wrong = requests.post(
+            url, json={"access_key_id": user["access_key_id"], "secret_access_key": "x" * 40}
+        )
+        assert unknown.status_code == wrong.status_code == 403
+        assert unknown.json() == wrong.json()  # an unknown key and a wrong secret look the same
+    finally:
+        admin.ok("DELETE", f"/users/{user['id']}", status=204)
