@@ -31,6 +31,8 @@ HASH_FILE = ".deltaglider_bootstrap_hash"
 LEGACY_HASH_FILE = ".deltaglider_admin_hash"
 PASSWORD_FILE = ".deltaglider_bootstrap_password"
 Source = Literal["env_plaintext", "env", "config", "state_file", "generated"]
+# argon2 verification takes 64 MiB for a moment; a flood of logins must not multiply that.
+_VERIFY_SLOTS = threading.BoundedSemaphore(2)
 
 
 @dataclass
@@ -41,7 +43,9 @@ class BootstrapPassword:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def verify(self, password: str) -> bool:
-        return verify_password(self.hash, password)
+        """Blocking (run it in a thread); at most two verifications run at once per process."""
+        with _VERIFY_SLOTS:
+            return verify_password(self.hash, password)
 
     def rotate(self, new_password: str) -> list[str]:
         """Store a new hash in the state file and use it; returns warnings for the operator."""
