@@ -209,6 +209,7 @@ def test_lockout_after_failures_and_release_after_window(tmp_path: Path) -> None
         assert codes[-1] == (503, "SlowDown")
         assert all(status in (403, 503) for status, _ in codes)
         assert "event=brute_force_lockout" in proxy.log()
+        assert "action=login_failed | user= | target=InvalidAccessKeyId | ip=198.51.100.99" in proxy.log()
     finally:
         proxy.stop()
 

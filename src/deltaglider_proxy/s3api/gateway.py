@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from deltaglider_proxy.engine.keys import bucket_name_valid
+from deltaglider_proxy.observability.audit import sanitise
 from deltaglider_proxy.observability.logs import request_id_var
 from deltaglider_proxy.s3api import dispatch, errors
 from deltaglider_proxy.s3api.authorize import authorize
@@ -34,6 +35,7 @@ from deltaglider_proxy.s3api.http import (
 from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
 
 log = logging.getLogger("deltaglider_proxy.access")
+security_log = logging.getLogger("deltaglider_proxy.audit")
 COMMON_HEADERS = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
 DRAIN_LIMIT = 1024 * 1024
 
@@ -116,6 +118,15 @@ class S3Gateway:
                 raise errors.AccessDenied()  # disabled (or deleted mid-request): no key oracle
         except errors.S3Error as exc:
             limiter.record_failure("s3", req.client_ip, exc.code)
+            # A log line, not an audit-ring entry: S3 auth failures can be a flood (§2.4.1).
+            security_log.info(
+                "AUDIT | action=login_failed | user= | target=%s | ip=%s | ua=%s | bucket=%s | path=%s",
+                exc.code,
+                req.client_ip,
+                sanitise(req.headers.get("user-agent", "")[:256]),
+                sanitise(req.bucket or ""),
+                sanitise(req.raw_path[:512]),
+            )
             raise
         limiter.record_success("s3", req.client_ip)
         call.principal = principal
