@@ -356,3 +356,23 @@ def test_iam_db_replaced_on_disk_is_reloaded(
     while admin.ok("GET", "/iam/version")["version"] == version and time.monotonic() < deadline:
         time.sleep(0.2)
     assert s3.get_object(Bucket=a, Key="top.txt")["Body"].read() == f"{a}/top.txt".encode()
+
+
+def test_declarative_export_round_trips_as_a_noop(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    import yaml
+
+    a, _ = buckets
+    user = admin.create_user(
+        "exported", [allow(["read"], [f"{a}/*"], conditions={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})]
+    )
+    admin.create_group("exported-group", [deny(["delete"], ["*"])], [user["id"]])
+    response = admin.call("GET", "/config/declarative-iam-export")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/yaml"
+    assert user["secret_access_key"] not in response.text
+    access = yaml.safe_load(response.text)["access"]
+    exported = next(u for u in access["iam_users"] if u["name"] == "exported")
+    assert exported["groups"] == ["exported-group"] and exported["secret_access_key"] == ""
+    preview = admin.ok("POST", "/config/declarative-iam-validate", access)
+    assert preview["warnings"] == ["declarative IAM preview: no IAM changes (idempotent apply)"]

@@ -140,6 +140,13 @@ ROUTES: tuple[Route, ...] = (
         "admin",
         ("iam_users", "iam_groups"),
     ),
+    Route(
+        "GET",
+        f"{A}/config/declarative-iam-export",
+        declarative_api.export,
+        "The IAM database as an access: YAML document (secrets redacted)",
+        "admin",
+    ),
 )
 _COMPILED = [(r, r.pattern) for r in ROUTES]
 REQUIRED: dict[tuple[str, str], list[str]] = {
