@@ -21,7 +21,7 @@ from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.auth.ratelimit import RateLimiter
 from deltaglider_proxy.auth.sessions import SessionStore
 from deltaglider_proxy.config.load import RuntimeSettings, Snapshot, load_snapshot
-from deltaglider_proxy.config.model import FilesystemBackendConfig
+from deltaglider_proxy.config.model import AccessConfig, FilesystemBackendConfig
 from deltaglider_proxy.engine.background import BackgroundEncoder
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import CompressionPolicies
@@ -29,6 +29,8 @@ from deltaglider_proxy.engine.multipart import MultipartStore
 from deltaglider_proxy.engine.objects import ObjectEngine
 from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.spool import Spool
+from deltaglider_proxy.iam.config_watch import DeclarativeWatcher
+from deltaglider_proxy.iam.declarative import Plan
 from deltaglider_proxy.iam.sealed import parse_key
 from deltaglider_proxy.iam.service import IamService
 from deltaglider_proxy.iam.store import DB_FILE
@@ -165,12 +167,16 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         await engine.background.start()
     sweeper = asyncio.create_task(_sweep_forever(multipart, services.limiter))
     cache_monitor = asyncio.create_task(monitor_cache(references))
-    admin = AdminRoutes(services, admin_api(snapshot, services, iam))
+    api = admin_api(snapshot, services, iam)
+    watcher = watch_config(snapshot, iam, api)
+    admin = AdminRoutes(services, api)
     try:
         yield Runtime(services, backend, S3Gateway(services), admin)
     finally:
         sweeper.cancel()
         cache_monitor.cancel()
+        if watcher is not None:
+            await watcher.close()
         await admin.metrics.close()
         services.audit.close()
         if iam is not None:
@@ -228,7 +234,10 @@ async def reconcile_declared(snapshot: Snapshot, iam: IamService | None, audit: 
             "(32 random bytes, e.g. `openssl rand -hex 32`)"
         )
     access = snapshot.config.access
-    result = await iam.reconcile(access.iam_users, access.iam_groups)
+    audit_plan(audit, await iam.reconcile(access.iam_users, access.iam_groups))
+
+
+def audit_plan(audit: AuditRing, result: Plan) -> None:
     for kind, entries in (
         ("user_create", [u.name for u in result.users_create]),
         ("user_update", [u.name for _, u in result.users_update]),
@@ -239,6 +248,24 @@ async def reconcile_declared(snapshot: Snapshot, iam: IamService | None, audit: 
     ):
         for name in entries:
             audit.record(f"iam_reconcile_{kind}", user="declarative", target=name)
+
+
+def watch_config(snapshot: Snapshot, iam: IamService | None, api: AdminApi) -> DeclarativeWatcher | None:
+    """Hot IAM-as-code: only when there is a config file and an IAM database to apply it to."""
+    if iam is None or snapshot.source is None:
+        return None
+    state = api.state
+
+    def take(access: AccessConfig) -> None:
+        state.iam_mode = access.iam_mode
+        state.declared_users = access.iam_users
+        state.declared_groups = access.iam_groups
+
+    watcher = DeclarativeWatcher(
+        snapshot.source, iam, take, lambda plan: audit_plan(state.services.audit, plan)
+    )
+    watcher.start()
+    return watcher
 
 
 def client_ip_resolver(runtime: RuntimeSettings) -> ClientIpResolver:

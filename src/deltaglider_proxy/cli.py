@@ -92,15 +92,25 @@ def _prepare(snapshot: Snapshot) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("-l", "--listen", help="Listen address HOST:PORT (default 0.0.0.0:9000).")
+@click.option(
+    "--set-bootstrap-password",
+    "--set-admin-password",
+    "set_password",
+    is_flag=True,
+    help="Read a new admin bootstrap password from stdin, store its hash, print it and exit.",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="deltaglider-proxy")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, listen: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, listen: str | None, set_password: bool) -> None:
     """S3-compatible proxy that stores similar binaries as xdelta3 deltas.
 
     Without a command the server starts.
     """
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config_path": config_path}
+        return
+    if set_password:
+        _set_bootstrap_password(config_path)
         return
     try:
         snapshot = load_snapshot(config_path, listen)
@@ -114,6 +124,31 @@ def main(ctx: click.Context, config_path: str | None, listen: str | None) -> Non
         os.environ["DGP_CONFIG"] = str(Path(config_path).resolve())
     os.environ["DGP_LISTEN_ADDR"] = snapshot.config.advanced.listen_addr
     serve(host, port, snapshot)
+
+
+def _set_bootstrap_password(config_path: str | None) -> None:
+    """control-plane.md §2.2.5: the IAM database is untouched (its key is separate)."""
+    from deltaglider_proxy.app import iam_db_path
+    from deltaglider_proxy.auth.bootstrap import HASH_FILE
+    from deltaglider_proxy.auth.passwords import hash_password, policy_error, to_base64
+    from deltaglider_proxy.iam.sealed import write_atomically
+
+    if config_path:
+        os.environ["DGP_CONFIG"] = str(Path(config_path).resolve())
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        _fail('no password on stdin (pipe one line, e.g. `read -s P; echo "$P" | deltaglider-proxy ...`)')
+    problem = policy_error(password)
+    if problem is not None:
+        _fail(problem)
+    stored = hash_password(password)
+    path = iam_db_path().parent / HASH_FILE
+    try:
+        write_atomically(path, (stored + "\n").encode())
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}")
+    click.echo(f"Stored the new bootstrap password hash in {path} (mode 0600).", err=True)
+    click.echo(f"DGP_BOOTSTRAP_PASSWORD_HASH={to_base64(stored)}")
 
 
 def serve(host: str, port: int, snapshot: Snapshot) -> None:

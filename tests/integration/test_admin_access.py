@@ -209,6 +209,7 @@ def test_lockout_after_failures_and_release_after_window(tmp_path: Path) -> None
         assert codes[-1] == (503, "SlowDown")
         assert all(status in (403, 503) for status, _ in codes)
         assert "event=brute_force_lockout" in proxy.log()
+        assert "action=login_failed | user= | target=InvalidAccessKeyId | ip=198.51.100.99" in proxy.log()
     finally:
         proxy.stop()
 
@@ -296,3 +297,57 @@ def test_stats_need_an_admin_principal(server: ProxyServer) -> None:
         assert requests.get(url, headers=as_reader).status_code == 403
     finally:
         admin.ok("DELETE", f"/users/{reader['id']}", status=204)
+
+
+def test_set_bootstrap_password_cli_then_login(tmp_path: Path) -> None:
+    import base64
+    import subprocess
+
+    from tests.support.server import PROXY_BIN
+
+    root = tmp_path / "cli"
+    root.mkdir()
+    weak = subprocess.run(
+        [str(PROXY_BIN), "--set-bootstrap-password"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert weak.returncode == 2 and "at least 12 characters" in weak.stderr
+    done = subprocess.run(
+        [str(PROXY_BIN), "--set-bootstrap-password"],
+        input="set-from-the-cli-123\n",
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("DGP_BOOTSTRAP_PASSWORD_HASH=")
+    assert base64.b64decode(line.split("=", 1)[1]).decode().startswith("$argon2id$")
+    proxy = ProxyServer(data_dir=root / "data", env={"DGP_CONFIG_DB_KEY": "5f" * 32})
+    proxy.start()
+    try:
+        assert Admin(proxy.endpoint).login("set-from-the-cli-123").status_code == 200
+        assert Admin(proxy.endpoint).login(ADMIN_PASSWORD).status_code == 401
+    finally:
+        proxy.stop()
+
+
+def test_login_as_gives_no_key_oracle(server: ProxyServer) -> None:
+    admin = Admin(server.endpoint)
+    admin.login()
+    user = admin.create_user("oracle", [allow(["*"], ["*"])])
+    try:
+        url = f"{server.endpoint}/_/api/admin/login-as"
+        unknown = requests.post(
+            url, json={"access_key_id": "AKNOSUCHKEY00000000", "secret_access_key": "x" * 40}
+        )
+        wrong = requests.post(
+            url, json={"access_key_id": user["access_key_id"], "secret_access_key": "x" * 40}
+        )
+        assert unknown.status_code == wrong.status_code == 403
+        assert unknown.json() == wrong.json()  # an unknown key and a wrong secret look the same
+    finally:
+        admin.ok("DELETE", f"/users/{user['id']}", status=204)

@@ -109,3 +109,55 @@ def test_invalid_declaration_refuses_to_start(tmp_path: Path) -> None:
         RuntimeError, match=r"reconcile failed \(no state changed\): user 'bob': unknown group"
     ):
         iam_proxy(tmp_path / "srv", DGP_CONFIG=str(config))
+
+
+def wait_for_version_change(admin: Admin, version: int, timeout: float = 15.0) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = int(admin.ok("GET", "/iam/version")["version"])
+        if now != version:
+            return now
+        time.sleep(0.2)
+    raise AssertionError("the IAM index was not rebuilt")
+
+
+def test_config_edits_are_reconciled_live(tmp_path: Path) -> None:
+    import time
+
+    config = tmp_path / "etc" / "deltaglider_proxy.yaml"
+    write_config(config, [BOB], GROUPS)
+    proxy = iam_proxy(tmp_path / "srv", DGP_CONFIG=str(config))
+    try:
+        admin = Admin(proxy.endpoint)
+        admin.login()
+        version = int(admin.ok("GET", "/iam/version")["version"])
+        carol = {
+            "name": "carol",
+            "access_key_id": "AKCAROL000000000001",
+            "secret_access_key": "carol-secret-0000001",
+        }
+        write_config(config, [BOB, {**carol, "groups": ["admins"]}], GROUPS)
+        version = wait_for_version_change(admin, version)
+        s3 = s3_for(proxy.endpoint, carol)
+        s3.create_bucket(Bucket="live")
+        assert "action=iam_reconcile_user_create | user=declarative | target=carol" in proxy.log()
+        # A broken edit changes nothing and says why in the log.
+        write_config(config, [{**carol, "groups": ["ghosts"]}], GROUPS)
+        time.sleep(3)
+        assert int(admin.ok("GET", "/iam/version")["version"]) == version
+        assert "unknown group(s) ghosts" in proxy.log()
+        s3.put_object(Bucket="live", Key="k", Body=b"still works")
+        # Back to gui: the API unlocks, the users stay.
+        config.write_text(yaml.safe_dump({"access": {"iam_mode": "gui"}}))
+        deadline = time.monotonic() + 15
+        while (
+            admin.call("POST", "/groups", {"name": "unlocked"}).status_code == 403
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert any(g["name"] == "unlocked" for g in admin.ok("GET", "/groups"))
+        assert sorted(u["name"] for u in admin.ok("GET", "/users")) == ["bob", "carol"]
+    finally:
+        proxy.stop()

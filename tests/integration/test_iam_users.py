@@ -317,3 +317,62 @@ def test_no_cross_user_leakage_and_basic_auth_rejected(
     basic = requests.get(f"{server.endpoint}/{a}", auth=("user", "password"))
     assert basic.status_code in (400, 403)
     assert requests.get(f"{server.endpoint}/").status_code == 403  # ListBuckets needs auth
+
+
+def test_multipart_upload_listing_is_filtered(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    a, _ = buckets
+    root = make_client(server.endpoint)
+    hidden = root.create_multipart_upload(Bucket=a, Key="private/upload")
+    shown = root.create_multipart_upload(Bucket=a, Key="team/upload")
+    s3 = s3_for(server.endpoint, admin.create_user("mp-lister", [allow(["read", "list"], [f"{a}/team/*"])]))
+    try:
+        listed = s3.list_multipart_uploads(Bucket=a)
+        assert [u["Key"] for u in listed.get("Uploads", [])] == ["team/upload"]
+        assert len(root.list_multipart_uploads(Bucket=a)["Uploads"]) == 2
+    finally:
+        for upload, key in ((hidden, "private/upload"), (shown, "team/upload")):
+            root.abort_multipart_upload(Bucket=a, Key=key, UploadId=upload["UploadId"])
+
+
+def test_iam_db_replaced_on_disk_is_reloaded(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    import shutil
+    import time
+
+    a, _ = buckets
+    db = server.data_dir.parent / "deltaglider_config.db"
+    user = admin.create_user("restored", [allow(["read"], [f"{a}/*"])])
+    backup = db.with_name("backup.db")
+    shutil.copy(db, backup)
+    admin.ok("DELETE", f"/users/{user['id']}", status=204)
+    s3 = s3_for(server.endpoint, user)
+    assert code(lambda: s3.get_object(Bucket=a, Key="top.txt")) in ("InvalidAccessKeyId", "AccessDenied")
+    version = admin.ok("GET", "/iam/version")["version"]
+    backup.replace(db)  # a restore: the running proxy notices the new file and reloads it
+    deadline = time.monotonic() + 10
+    while admin.ok("GET", "/iam/version")["version"] == version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert s3.get_object(Bucket=a, Key="top.txt")["Body"].read() == f"{a}/top.txt".encode()
+
+
+def test_declarative_export_round_trips_as_a_noop(
+    server: ProxyServer, admin: Admin, buckets: tuple[str, str]
+) -> None:
+    import yaml
+
+    a, _ = buckets
+    user = admin.create_user(
+        "exported", [allow(["read"], [f"{a}/*"], conditions={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})]
+    )
+    admin.create_group("exported-group", [deny(["delete"], ["*"])], [user["id"]])
+    response = admin.call("GET", "/config/declarative-iam-export")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/yaml"
+    assert user["secret_access_key"] not in response.text
+    access = yaml.safe_load(response.text)["access"]
+    exported = next(u for u in access["iam_users"] if u["name"] == "exported")
+    assert exported["groups"] == ["exported-group"] and exported["secret_access_key"] == ""
+    preview = admin.ok("POST", "/config/declarative-iam-validate", access)
+    assert preview["warnings"] == ["declarative IAM preview: no IAM changes (idempotent apply)"]

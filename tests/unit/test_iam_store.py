@@ -117,6 +117,12 @@ def test_service_rebuilds_index_and_reloads_external_changes(tmp_path: Path) -> 
         assert await service.reload_if_changed()
         assert set(service.index.by_access_key) == {"AK2"}
         assert not await service.reload_if_changed()
+        # A file sealed with another key is refused once; the loaded state stays.
+        IamDatabase(tmp_path / "foreign", OTHER).create_user("mallory", "AK9", "secret-secret")
+        (tmp_path / "foreign").replace(path)
+        assert not await service.reload_if_changed()
+        assert not service.db.changed_on_disk()
+        assert set(service.index.by_access_key) == {"AK2"}
         await service.close()
 
     asyncio.run(scenario())

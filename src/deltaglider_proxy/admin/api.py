@@ -140,8 +140,46 @@ ROUTES: tuple[Route, ...] = (
         "admin",
         ("iam_users", "iam_groups"),
     ),
+    Route(
+        "GET",
+        f"{A}/config/declarative-iam-export",
+        declarative_api.export,
+        "The IAM database as an access: YAML document (secrets redacted)",
+        "admin",
+    ),
 )
 _COMPILED = [(r, r.pattern) for r in ROUTES]
+REQUIRED: dict[tuple[str, str], list[str]] = {
+    ("POST", f"{A}/login"): ["password"],
+    ("POST", f"{A}/login-as"): ["access_key_id", "secret_access_key"],
+    ("PUT", f"{A}/password"): ["current_password", "new_password"],
+    ("POST", f"{A}/users"): ["name"],
+    ("POST", f"{A}/groups"): ["name"],
+    ("POST", f"{A}/groups/{{id}}/members"): ["user_id"],
+}
+_STRING: dict[str, Any] = {"type": "string"}
+PERMISSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["actions", "resources"],
+    "properties": {
+        "effect": {"type": "string", "enum": ["Allow", "Deny"]},
+        "actions": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "enum": ["read", "write", "delete", "list", "admin", "*"]},
+        },
+        "resources": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+        "conditions": {"type": "object"},
+    },
+}
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "enabled": {"type": "boolean"},
+    "permissions": {"type": "array", "maxItems": 100, "items": PERMISSION_SCHEMA},
+    "member_ids": {"type": "array", "items": {"type": "integer"}},
+    "user_id": {"type": "integer"},
+    "iam_users": {"type": "array", "items": {"type": "object"}},
+    "iam_groups": {"type": "array", "items": {"type": "object"}},
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -160,13 +198,16 @@ def openapi_document() -> dict[str, Any]:
         if route.auth != "public":
             operation["security"] = [{"session": []}]
         if route.body:
+            schema: dict[str, Any] = {
+                "type": "object",
+                "properties": {f: FIELD_SCHEMAS.get(f, _STRING) for f in route.body},
+            }
+            required = REQUIRED.get((route.method, route.path))
+            if required:
+                schema["required"] = required
             operation["requestBody"] = {
-                "required": route.method != "POST" or not route.path.endswith("rotate-keys"),
-                "content": {
-                    "application/json": {
-                        "schema": {"type": "object", "properties": {f: {} for f in route.body}}
-                    }
-                },
+                "required": not route.path.endswith("rotate-keys"),
+                "content": {"application/json": {"schema": schema}},
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from deltaglider_proxy.admin.guard import require_admin
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, json_response
 from deltaglider_proxy.admin.state import AdminState
@@ -53,3 +55,49 @@ async def validate(state: AdminState, req: ApiRequest) -> Response:
         },
     }
     return json_response(200, {"ok": True, "warnings": [plan.preview_line()], "diff": diff})
+
+
+def _rules(permissions: Any) -> list[dict[str, Any]]:
+    out = []
+    for p in permissions:
+        rule: dict[str, Any] = {
+            "effect": p.effect,
+            "actions": list(p.actions),
+            "resources": list(p.resources),
+        }
+        if p.conditions is not None:
+            rule["conditions"] = p.conditions
+        out.append(rule)
+    return out
+
+
+async def export(state: AdminState, req: ApiRequest) -> Response:
+    """The database as an ``access:`` document (§3.10.8); secrets redacted to "" (= keep on apply)."""
+    require_admin(req, state.sessions, state.services.access)
+    iam = state.require_iam()
+    users, groups = await iam.read(lambda db: db.snapshot())
+    names = {g.id: g.name for g in groups}
+    doc = {
+        "access": {
+            "iam_mode": "declarative",
+            "iam_groups": [
+                {"name": g.name, "description": g.description, "permissions": _rules(g.permissions)}
+                for g in groups
+            ],
+            "iam_users": [
+                {
+                    "name": u.name,
+                    "access_key_id": u.access_key_id,
+                    "secret_access_key": "",
+                    "enabled": u.enabled,
+                    "groups": [names[gid] for gid in u.group_ids if gid in names],
+                    "permissions": _rules(u.permissions),
+                }
+                for u in users
+            ],
+        }
+    }
+    body = yaml.safe_dump(doc, sort_keys=False).encode()
+    return Response(
+        status=200, headers=[("content-type", "application/yaml"), ("cache-control", "no-store")], body=body
+    )

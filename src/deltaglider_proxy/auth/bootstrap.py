@@ -31,6 +31,8 @@ HASH_FILE = ".deltaglider_bootstrap_hash"
 LEGACY_HASH_FILE = ".deltaglider_admin_hash"
 PASSWORD_FILE = ".deltaglider_bootstrap_password"
 Source = Literal["env_plaintext", "env", "config", "state_file", "generated"]
+# argon2 verification takes 64 MiB for a moment; a flood of logins must not multiply that.
+_VERIFY_SLOTS = threading.BoundedSemaphore(2)
 
 
 @dataclass
@@ -41,7 +43,9 @@ class BootstrapPassword:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def verify(self, password: str) -> bool:
-        return verify_password(self.hash, password)
+        """Blocking (run it in a thread); at most two verifications run at once per process."""
+        with _VERIFY_SLOTS:
+            return verify_password(self.hash, password)
 
     def rotate(self, new_password: str) -> list[str]:
         """Store a new hash in the state file and use it; returns warnings for the operator."""
@@ -93,7 +97,19 @@ def _checked(value: str, source: str) -> str:
 def _generate(state_dir: Path) -> BootstrapPassword:
     password = generate_password()
     stored = hash_password(password)
-    write_atomically(state_dir / HASH_FILE, (stored + "\n").encode())
+    try:
+        write_atomically(state_dir / HASH_FILE, (stored + "\n").encode())
+    except OSError as exc:
+        # S3 service must not depend on a writable working directory; only admin login is lost.
+        log.error(
+            "cannot store a generated bootstrap password in %s (%s): admin login is disabled until "
+            "DGP_BOOTSTRAP_PASSWORD or DGP_BOOTSTRAP_PASSWORD_HASH is set",
+            state_dir,
+            exc,
+        )
+        return BootstrapPassword(
+            hash_password(generate_password() + generate_password()), "generated", state_dir
+        )
     if sys.stderr.isatty():
         print(
             "\n" + "=" * 72 + f"\n  Admin bootstrap password (shown once): {password}\n"

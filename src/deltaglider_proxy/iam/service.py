@@ -99,7 +99,7 @@ class IamService:
                 log.error(
                     "IAM database changed on disk but cannot be loaded; keeping the current state: %s", exc
                 )
-                self.db.file_signature = None
+                self.db.mark_seen()
                 return False
             await asyncio.to_thread(self._rebuild)
             log.info("IAM database changed on disk: reloaded (%d users)", self.index.user_count)

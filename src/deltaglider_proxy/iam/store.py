@@ -80,6 +80,10 @@ class IamDatabase:
     def changed_on_disk(self) -> bool:
         return self._signature() != self.file_signature
 
+    def mark_seen(self) -> None:
+        """Remember the file as it is now (after a failed reload: report it once, not every poll)."""
+        self.file_signature = self._signature()
+
     def _version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 

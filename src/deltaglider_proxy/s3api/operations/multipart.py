@@ -8,7 +8,7 @@ from deltaglider_proxy.engine.keys import parse_key
 from deltaglider_proxy.engine.multipart import MAX_PART_NUMBER, CompletedPart
 from deltaglider_proxy.engine.objects import NewObject
 from deltaglider_proxy.engine.spool import SpooledFile
-from deltaglider_proxy.s3api import errors
+from deltaglider_proxy.s3api import authorize, errors
 from deltaglider_proxy.s3api import xml as x
 from deltaglider_proxy.s3api.body import read_small, spool_body
 from deltaglider_proxy.s3api.checksums import ALGORITHMS
@@ -227,6 +227,7 @@ async def list_multipart_uploads(call: Call) -> Response:
         for u in call.services.multipart.uploads(call.bucket)
         if u.key.startswith(prefix)
         and (u.key > key_marker or (u.key == key_marker and id_marker and u.upload_id > id_marker))
+        and authorize.shows_key(call, u.key)  # a filtered caller sees only uploads it could read
     ]
     page = candidates[:max_uploads]
     truncated = len(candidates) > len(page)
