@@ -15,6 +15,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import make_client
+from tests.support.admin import ADMIN_PASSWORD, Admin
 from tests.support.server import ProxyServer
 from tests.support.signing import signed_headers
 
@@ -111,8 +112,10 @@ def test_reads_are_newest_first_with_a_clamped_limit(server: ProxyServer, worklo
     assert bad.status_code == 400 and "limit" in bad.json()["message"]
 
 
-def test_audit_needs_the_proxy_credentials(server: ProxyServer) -> None:
-    assert requests.get(f"{server.endpoint}/_/api/admin/audit").status_code == 403
+def test_audit_needs_an_admin(server: ProxyServer) -> None:
+    # Unsigned: the admin API answers for it (no session → 401 JSON); badly signed: S3's 403.
+    unsigned = requests.get(f"{server.endpoint}/_/api/admin/audit")
+    assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthorized"
     url = f"{server.endpoint}/_/api/admin/audit"
     forged = signed_headers("GET", url, secret_key="wrong-secret-0000000000000000000000000000")
     assert requests.get(url, headers=forged).status_code == 403
@@ -144,14 +147,23 @@ def test_audit_lines_in_the_log_carry_the_fields(server: ProxyServer, workload: 
 def test_open_mode_writes_are_audited_as_anonymous(tmp_path: Path) -> None:
     server = ProxyServer(
         data_dir=tmp_path / "data",
-        env={"DGP_AUTHENTICATION": "none", "DGP_ACCESS_KEY_ID": "", "DGP_SECRET_ACCESS_KEY": ""},
+        env={
+            "DGP_AUTHENTICATION": "none",
+            "DGP_ACCESS_KEY_ID": "",
+            "DGP_SECRET_ACCESS_KEY": "",
+            "DGP_BOOTSTRAP_PASSWORD": ADMIN_PASSWORD,
+        },
     ).start()
     try:
         base = server.endpoint
         assert requests.put(f"{base}/open-bucket").status_code == 200
         assert requests.put(f"{base}/open-bucket/k.txt", data=b"x").status_code == 200
-        found = requests.get(f"{base}/_/api/admin/audit").json()["entries"]
-        assert [(e["action"], e["user"], e["path"]) for e in found] == [
+        # S3 is open, the admin API is not: the ring is read with an admin session.
+        assert requests.get(f"{base}/_/api/admin/audit").status_code == 401
+        admin = Admin(base)
+        assert admin.login().status_code == 200
+        found = admin.ok("GET", "/audit")["entries"]
+        assert [(e["action"], e["user"], e["path"]) for e in found if e["action"].startswith("s3_")] == [
             ("s3_put", "anonymous", "k.txt"),
             ("s3_create_bucket", "anonymous", ""),
         ]

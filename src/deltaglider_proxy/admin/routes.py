@@ -1,8 +1,9 @@
 """The control plane under ``/_/``: health, readiness, metrics, audit and savings statistics.
 
-Until admin sessions exist (IAM/auth issue), ``/_/stats`` and ``/_/api/admin/audit`` are
-authorised like an S3 request: signed with the proxy's SigV4 credentials (or open when
-``authentication: none``). Health, readiness and metrics are for probes and scrapers: no session.
+``/_/stats`` and ``/_/api/admin/audit`` signed with SigV4 are authorised like an S3 request from
+an admin principal (or open when ``authentication: none``); the audit read with an admin session
+goes to the admin API (``admin/api.py``) like every other ``/_/api/`` route. Health, readiness and
+metrics are for probes and scrapers: no session.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
 
 ALL_BUCKETS_CACHE_SECONDS = 10.0
 ALL_BUCKETS_LIMIT = 1000
+
+
+def _signed(scope: Scope) -> bool:
+    headers = collect_headers(scope.get("headers", []))
+    return "authorization" in headers or b"X-Amz-Signature=" in scope.get("query_string", b"")
 
 
 def _json(status: int, doc: dict[str, object]) -> Response:
@@ -55,7 +61,8 @@ class AdminRoutes:
                 response = self.metrics.response(
                     collect_headers(scope.get("headers", [])).get("authorization", "")
                 )
-            elif path == "/_/api/admin/audit" and method == "GET":
+            elif path == "/_/api/admin/audit" and method == "GET" and (self.api is None or _signed(scope)):
+                # Automation may sign with SigV4 (an admin principal); a browser uses its session.
                 self._authorise(scope)
                 response = audit_entries(
                     self.services.audit, scope.get("query_string", b"").decode("latin-1")
