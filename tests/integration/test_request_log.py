@@ -188,12 +188,12 @@ def test_rust_log_wins_and_filters_per_module(tmp_path: Path) -> None:
 def test_control_plane_requests_log_one_line_without_the_query(server: ProxyServer) -> None:
     marker = "oauth-code-3c2b1a0f"
     response = requests.get(f"{server.endpoint}/_/api/admin/audit?limit=7&code={marker}")
-    assert response.status_code == 403
+    assert response.status_code == 401  # no admin session
     assert requests.get(f"{server.endpoint}/_/health").status_code == 200
     admin = [r for r in _records(server) if r["logger"] == "deltaglider_proxy.admin.access"]
     audit = [r for r in admin if r["path"] == "/_/api/admin/audit"]
     assert len(audit) == 1
-    assert (audit[0]["method"], audit[0]["status"], audit[0]["client_ip"]) == ("GET", 403, "127.0.0.1")
+    assert (audit[0]["method"], audit[0]["status"], audit[0]["client_ip"]) == ("GET", 401, "127.0.0.1")
     assert audit[0]["request_id"] != "-" and audit[0]["bytes_out"] > 0
     assert any(r["path"] == "/_/health" and r["status"] == 200 for r in admin)
     assert marker not in server.log()
