@@ -108,13 +108,15 @@ class LogicalOrder:
         return out
 
     def blocking_names(self) -> list[str]:
-        """Physical ``Q.delta`` names that may still come and would sort before the first held
-        entry; once each is looked up, :meth:`ready` can release everything up to the last
-        name seen."""
+        """Physical ``Q.delta`` names that may still come and would sort before some held entry;
+        once each is looked up, :meth:`ready` can release everything up to the last name seen.
+
+        Every held entry counts, not only the first: with ``a-`` and ``a--`` held, ``a-.delta``
+        (logical ``a-``) may still come and sorts between them, though not before the first."""
         if not self._heap:
             return []
-        first = self._heap[0].logical
-        return [(q + _DELTA).decode("utf-8", "surrogatepass") for q in self._open_candidates() if q < first]
+        highest = max(held.logical for held in self._heap)
+        return [(q + _DELTA).decode("utf-8", "surrogatepass") for q in self._open_candidates() if q < highest]
 
     def _push(self, entry: Entry, physical: bytes) -> None:
         logical = logical_sort_key(entry.name) if isinstance(entry, StoredObject) else physical
