@@ -156,6 +156,8 @@ async def running(snapshot: Snapshot) -> AsyncIterator[Runtime]:
         client_ips=client_ip_resolver(runtime),
     )
     observe(metrics, engine, services.audit)
+    services.limiter.on_lockout = lambda surface: metrics.rate_limit_lockouts.labels(surface=surface).inc()
+    metrics.iam_users.set_function(lambda: access.index.user_count)
     if config.advanced.layout_access:
         log.warning(
             "layout access is enabled: requests with x-deltaglider-layout: raw read and write stored "
@@ -192,6 +194,7 @@ def admin_api(snapshot: Snapshot, services: Services, iam: IamService | None) ->
     runtime = snapshot.runtime
     bootstrap = resolve_bootstrap(os.environ, config.advanced.bootstrap_password_hash, iam_db_path().parent)
     sessions = SessionStore(runtime.session_ttl_hours * 3600, runtime.session_idle_minutes * 60)
+    services.metrics.admin_sessions.set_function(sessions.live)
     state = AdminState(
         services,
         iam,

@@ -225,6 +225,10 @@ def test_lockout_after_failures_and_release_after_window(tmp_path: Path) -> None
         assert all(status in (403, 503) for status, _ in codes)
         assert "event=brute_force_lockout" in proxy.log()
         assert "action=login_failed | user= | target=InvalidAccessKeyId | ip=198.51.100.99" in proxy.log()
+        metrics = requests.get(f"{proxy.endpoint}/_/metrics").text
+        lockouts = "deltaglider_rate_limit_lockouts_total"
+        assert _sample(metrics, lockouts, '{surface="admin_login"}') == 1
+        assert _sample(metrics, lockouts, '{surface="s3"}') == 1
     finally:
         proxy.stop()
 
@@ -366,3 +370,32 @@ def test_login_as_gives_no_key_oracle(server: ProxyServer) -> None:
         assert unknown.json() == wrong.json()  # an unknown key and a wrong secret look the same
     finally:
         admin.ok("DELETE", f"/users/{user['id']}", status=204)
+
+
+def _sample(metrics_text: str, name: str, labels: str = "") -> float:
+    line = next(line for line in metrics_text.splitlines() if line.startswith(f"{name}{labels} "))
+    return float(line.split()[-1])
+
+
+def test_logins_sessions_and_users_reach_metrics_and_readiness(server: ProxyServer) -> None:
+    def scrape() -> str:
+        return requests.get(f"{server.endpoint}/_/metrics").text
+
+    before = scrape()
+    failed = '{method="bootstrap",result="failure"}'
+    succeeded = '{method="bootstrap",result="success"}'
+    admin = Admin(server.endpoint)
+    assert admin.login("not-the-password-2").json()["ok"] is False
+    assert admin.login().status_code == 200
+    user = admin.create_user("counted", [allow(["read"], ["*"])])
+    after = scrape()
+    logins = "deltaglider_admin_logins_total"
+    assert _sample(after, logins, failed) == _sample(before, logins, failed) + 1
+    assert _sample(after, logins, succeeded) == _sample(before, logins, succeeded) + 1
+    assert _sample(after, "deltaglider_admin_sessions") >= 1
+    users = len(admin.ok("GET", "/users"))
+    assert _sample(after, "deltaglider_iam_users") == users
+    ready = requests.get(f"{server.endpoint}/_/ready")
+    assert ready.status_code == 200 and ready.json()["config_db"] == "ready"
+    admin.ok("DELETE", f"/users/{user['id']}", status=204)
+    assert _sample(scrape(), "deltaglider_iam_users") == users - 1

@@ -102,7 +102,7 @@ class Readiness:
     ) -> None:
         self._services = services
         self._settings = settings
-        # ready | locked | absent. No IAM store exists yet (absent); the IAM store plugs in here.
+        # ready | locked | absent (no IAM store configured).
         self._config_db = config_db
         self._last: _Verdict | None = None
         self._inflight: asyncio.Task[_Verdict] | None = None

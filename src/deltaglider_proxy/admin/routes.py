@@ -43,9 +43,13 @@ class AdminRoutes:
         self.api = api
         self._all_cache: tuple[float, dict[str, object]] | None = None
         runtime = services.runtime
+        # The IAM store is opened (and decrypted) at start-up or the process does not start, so
+        # while it runs the store is either open or not configured.
+        has_store = api is not None and api.state.iam is not None
         self.readiness = Readiness(
             services,
             ReadySettings(runtime.ready_timeout_secs, runtime.ready_retries, runtime.ready_cache_ttl_secs),
+            config_db=(lambda: "ready") if has_store else (lambda: "absent"),
         )
         self.metrics = MetricsEndpoint(services, runtime.metrics_token)
 

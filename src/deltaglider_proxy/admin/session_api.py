@@ -54,6 +54,7 @@ async def login(state: AdminState, req: ApiRequest) -> Response:
         return json_response(500, {"ok": False, "error": "corrupt_hash", "message": str(exc)})
     if not ok:
         state.services.limiter.record_failure(SURFACE, req.client_ip, "wrong_password")
+        state.services.metrics.admin_logins.labels(method="bootstrap", result="failure").inc()
         state.audit("login_failed", None, req, "bootstrap")
         return json_response(401, {"ok": False, "error": "invalid_password", "message": "wrong password"})
     state.services.limiter.record_success(SURFACE, req.client_ip)
@@ -64,6 +65,7 @@ async def login(state: AdminState, req: ApiRequest) -> Response:
     token, session = state.sessions.create(
         "bootstrap", "bootstrap", bound_ip=_bound_ip(state, req), s3_credentials=creds
     )
+    state.services.metrics.admin_logins.labels(method="bootstrap", result="success").inc()
     state.audit("login_success", session, req, "bootstrap")
     return _login_response(state, req, session, token)
 
@@ -88,6 +90,7 @@ async def login_as(state: AdminState, req: ApiRequest) -> Response:
     secret_ok = _digest_equal(secret, stored) and principal is not None
     if not secret_ok or principal is None:
         state.services.limiter.record_failure(SURFACE, req.client_ip, "login_as")
+        state.services.metrics.admin_logins.labels(method="login_as", result="failure").inc()
         state.audit("login_failed", None, req, akid)
         raise ApiError(403, "invalid_credentials", "unknown access key or wrong secret")
     if not principal.enabled or not principal.is_admin:
@@ -101,6 +104,7 @@ async def login_as(state: AdminState, req: ApiRequest) -> Response:
         user_id=principal.user_id,
         s3_credentials={"access_key_id": akid, "secret_access_key": secret},
     )
+    state.services.metrics.admin_logins.labels(method="login_as", result="success").inc()
     state.audit("login_success", session, req, f"login-as:{principal.name}")
     return _login_response(state, req, session, token)
 

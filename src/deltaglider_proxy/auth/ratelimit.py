@@ -37,6 +37,8 @@ class RateLimiter:
         self._clock = clock
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
+        # Told the surface of every lockout that starts (the lockout metric).
+        self.on_lockout: Callable[[str], None] | None = None
 
     def record_failure(self, surface: str, ip: str, reason: str = "") -> bool:
         """Count one failure; True when this failure started a lockout."""
@@ -62,6 +64,8 @@ class RateLimiter:
                 count,
                 reason,
             )
+            if self.on_lockout is not None:
+                self.on_lockout(surface)
             return True
         if count >= 3:
             log.warning(

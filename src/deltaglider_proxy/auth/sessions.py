@@ -52,6 +52,12 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
+    def live(self) -> int:
+        """Sessions not yet expired (the admin-sessions gauge)."""
+        with self._lock:
+            self._purge(self._clock())
+            return len(self._sessions)
+
     def create(
         self,
         method: Method,
