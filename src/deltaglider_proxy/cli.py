@@ -19,6 +19,7 @@ from deltaglider_proxy.auth.credentials import resolve_credentials
 from deltaglider_proxy.config.load import ConfigError, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import parse_listen_addr
 from deltaglider_proxy.engine.codec import CodecFailed, check_available
+from deltaglider_proxy.maintenance import repack
 from deltaglider_proxy.observability.logs import parse_levels
 from deltaglider_proxy.storage.base import StorageError
 
@@ -79,12 +80,16 @@ def _prepare(snapshot: Snapshot) -> None:
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("-l", "--listen", help="Listen address HOST:PORT (default 0.0.0.0:9000).")
 @click.version_option(__version__, "-V", "--version", prog_name="deltaglider-proxy")
-def main(config_path: str | None, listen: str | None) -> None:
-    """S3-compatible proxy that stores similar binaries as xdelta3 deltas."""
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, listen: str | None) -> None:
+    """S3-compatible proxy that stores similar binaries as xdelta3 deltas (serves without a command)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = config_path  # maintenance commands default to the same config
+        return
     try:
         snapshot = load_snapshot(config_path, listen)
     except ConfigError as exc:
@@ -122,6 +127,8 @@ def serve(host: str, port: int, snapshot: Snapshot) -> None:
     )
     server.serve()
 
+
+main.add_command(repack)
 
 if __name__ == "__main__":
     main()

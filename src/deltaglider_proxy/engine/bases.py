@@ -59,7 +59,8 @@ class BaseChooser:
         if tip is None or tip.record is None or tip.name == key.delta_name:
             # Never the object being replaced: its delta is about to be overwritten.
             return [fallback]
-        if tip.record.depth >= policy.max_chain_depth:
+        if tip.record.depth >= policy.max_chain_depth or tip.record.file_sha256 == reference.file_sha256:
+            # Too deep, or the very bytes of reference.bin (the version that seeded it): one hop less.
             return [fallback]
         try:
             below = await self.chains.bases(bucket, key.prefix, tip.record)
