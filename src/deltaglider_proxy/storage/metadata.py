@@ -24,6 +24,7 @@ REFERENCE_NAME = "reference.bin"
 REFERENCE_ORIGINAL_NAME = "__reference__"
 DELTA_SUFFIX = ".delta"
 DELTA_CMD_TEMPLATE = "xdelta3 -e -9 -s reference.bin {name} {name}.delta"
+UNREADABLE_DEPTH = 2**31
 
 
 class MetadataError(ValueError):
@@ -326,7 +327,8 @@ def from_s3_metadata(meta: Mapping[str, str]) -> FileMetadata | None:
     delta_size_text = _first(meta, "dg-delta-size", "delta-size") or "0"
     depth_text = meta.get("dg-chain-depth", "")
     if depth_text and not depth_text.isdigit():
-        return None
+        # Refused by every reader (deeper than any chain may be), never served as raw VCDIFF.
+        depth_text = str(UNREADABLE_DEPTH)
     return FileMetadata(
         tool=tool,
         original_name=name if note != "reference" else (_first(meta, "dg-original-name") or name),
