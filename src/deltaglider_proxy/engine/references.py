@@ -124,9 +124,12 @@ class ReferenceCache:
             )
         return await self._insert(key, _Entry(path, size, sha256))
 
-    async def adopt(self, bucket: str, prefix: str, sha256: str, source: Path) -> None:
+    async def adopt(
+        self, bucket: str, prefix: str, sha256: str, source: Path, *, link_only: bool = False
+    ) -> None:
         """Cache a reference we just wrote from ``source`` (left in place) without re-reading
-        it from the backend: a hard link when possible, else a copy."""
+        it from the backend: a hard link when possible, else a copy (unless ``link_only``: an
+        opportunistic entry is not worth copying a large file)."""
         if self.max_bytes <= 0:
             return
         path = self._new_path()
@@ -135,10 +138,14 @@ class ReferenceCache:
             try:
                 os.link(source, path)
             except OSError:
+                if link_only:
+                    return -1
                 shutil.copyfile(source, path)
             return path.stat().st_size
 
         size = await asyncio.to_thread(link_or_copy)
+        if size < 0:
+            return
         await self._insert((bucket, prefix, sha256), _Entry(path, size, sha256))
 
     def new_path(self) -> Path:

@@ -73,6 +73,11 @@ class DeltaRetriever:
         try:
             for attempt in range(1, ATTEMPTS + 1):
                 if await self._attempt(bucket, key, record, out):
+                    if self.store.policies.for_bucket(bucket).strategy == "chain":
+                        # In a chain this object is likely the next one's base: keep it (a link).
+                        await self.references.adopt(
+                            bucket, key.prefix, record.file_sha256, out, link_only=True
+                        )
                     return decoded
                 self.references.evict(bucket, key.prefix)
                 log.error(
