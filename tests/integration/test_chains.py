@@ -329,3 +329,36 @@ def test_kill_while_dependants_move(tmp_path: Path, operation: str, delay: float
                 assert sha(read(s3, "deep", key)) == sha(body), key
     finally:
         server.stop()
+
+
+def test_dependants_written_by_another_instance_are_found(tmp_path: Path) -> None:
+    """Two proxies on one data directory: a delta another instance based on an object is moved
+    before this instance deletes that object (the dependants index rereads what changed)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    servers = [
+        ProxyServer(
+            data_dir=tmp_path / "data",
+            env={"DGP_DELTA_ENCODING": "inline", "DGP_STATE_DIR": str(tmp_path / f"state-{n}")},
+            args=["--config", str(config)],
+        ).start()
+        for n in (1, 2)
+    ]
+    try:
+        first, second = (make_client(s.endpoint) for s in servers)
+        first.create_bucket(Bucket="deep")
+        versions = drifting(5, seed=9, size=400_000)
+        for number in range(4):
+            first.put_object(Bucket="deep", Key=f"m/{number}.zip", Body=versions[number])
+        first.delete_object(Bucket="deep", Key="m/3.zip")  # a delete of a delta: the index is warm
+        second.put_object(Bucket="deep", Key="m/4.zip", Body=versions[4])
+        layout = FilesystemLayout(servers[0].data_dir)
+        assert layout.record("deep", "m/4.zip.delta")["ref_path"] == "2.zip"
+        first.delete_object(Bucket="deep", Key="m/2.zip")
+        assert layout.record("deep", "m/4.zip.delta")["ref_path"] == "1.zip"
+        for client in (first, second):
+            for number in (0, 1, 4):
+                assert sha(read(client, "deep", f"m/{number}.zip")) == sha(versions[number])
+    finally:
+        for server in servers:
+            server.stop()

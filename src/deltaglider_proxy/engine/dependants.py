@@ -6,9 +6,12 @@ chain below grows. Each dependant is replaced by one atomic backend write; the d
 in place until the caller removes it, so a crash at any point leaves every object readable (a
 dependant is then either still based on the old object, which still exists, or already moved).
 
-Finding dependants scans the deltaspace's ``.delta`` records (one HEAD each on S3): O(objects in
-the deltaspace) per delete/overwrite of a delta object. It runs for every bucket, whatever its
-current strategy, because a bucket switched back to ``reference`` may still hold chains.
+Finding dependants lists the deltaspace and reads the base name of every ``.delta`` record. It runs
+for every bucket, whatever its current strategy, because a bucket switched back to ``reference``
+may still hold chains. To keep a delete cheap, base names are remembered per deltaspace with each
+object's listing signature (size, modification time, ETag): only objects whose signature changed
+since the last scan (written by anyone, this process or another) are read again, so a delete costs
+one listing plus a HEAD per changed delta.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 
 from deltaglider_proxy.engine.chains import Chains, Level, encode_waiting, join
@@ -26,6 +31,8 @@ from deltaglider_proxy.storage.metadata import DELTA_CMD_TEMPLATE, DELTA_SUFFIX,
 
 log = logging.getLogger(__name__)
 HEAD_BATCH = 32
+INDEX_DELTASPACES = 256
+Signature = tuple[int, datetime, str | None]
 
 
 def filename_of(level: Level) -> str:
@@ -85,13 +92,54 @@ class Dependants:
         self.backend = backend
         self.chains = chains
         self.policies = policies
+        # (bucket, prefix) -> delta object name -> (listing signature, base filename or None)
+        self._index: OrderedDict[tuple[str, str], dict[str, tuple[Signature, str | None]]] = OrderedDict()
+
+    async def base_names(self, bucket: str, prefix: str) -> dict[str, str]:
+        """Delta object name -> the filename of its base, for every delta of the deltaspace."""
+        known = self._index.get((bucket, prefix), {})
+        fresh: dict[str, tuple[Signature, str | None]] = {}
+        changed: list[tuple[str, Signature]] = []
+        async for entry in self.backend.list(bucket, f"{prefix}/" if prefix else "", delimiter="/"):
+            if isinstance(entry, CommonPrefix) or not entry.name.endswith(DELTA_SUFFIX):
+                continue
+            signature: Signature = (entry.size, entry.modified, entry.etag)
+            cached = known.get(entry.name)
+            if cached is not None and cached[0] == signature:
+                fresh[entry.name] = cached
+            else:
+                changed.append((entry.name, signature))
+        for start in range(0, len(changed), HEAD_BATCH):
+            batch = changed[start : start + HEAD_BATCH]
+            heads = await asyncio.gather(*(self.backend.head(bucket, name) for name, _ in batch))
+            for (name, signature), head in zip(batch, heads, strict=True):
+                if head is None:
+                    continue  # deleted meanwhile
+                record = head.record
+                base = record.base_name if record is not None and record.note == "delta" else None
+                # Kept with the listing's signature: if the object changed between the listing
+                # and the HEAD, the next listing shows a new signature and it is read again.
+                fresh[name] = (signature, base)
+        self._index[(bucket, prefix)] = fresh
+        self._index.move_to_end((bucket, prefix))
+        while len(self._index) > INDEX_DELTASPACES:
+            self._index.popitem(last=False)
+        return {name: base for name, (_, base) in fresh.items() if base is not None}
 
     async def find(self, bucket: str, key: ObjectKey) -> list[StoredObject]:
-        return [
-            d
-            for d in await deltas_in(self.backend, bucket, key.prefix)
-            if d.name != key.delta_name and d.record is not None and d.record.base_name == key.filename
+        names = [
+            name
+            for name, base in (await self.base_names(bucket, key.prefix)).items()
+            if base == key.filename and name != key.delta_name
         ]
+        found: list[StoredObject] = []
+        for name in names:
+            stored = await self.backend.head(bucket, name)
+            # Re-checked on the loaded record: the index only narrows the search.
+            record = stored.record if stored is not None else None
+            if stored is not None and record is not None and _based_on(record, key.filename):
+                found.append(stored)
+        return found
 
     async def release(self, bucket: str, key: ObjectKey) -> int:
         """Move every dependant of ``key``'s delta object onto that object's own base. Call under
@@ -137,6 +185,10 @@ class Dependants:
         finally:
             await asyncio.to_thread(_unlink, delta_path)
             await asyncio.to_thread(_unlink, copy)
+
+
+def _based_on(record: FileMetadata, filename: str) -> bool:
+    return record.note == "delta" and record.base_name == filename
 
 
 def _unlink(path: Path) -> None:
