@@ -191,9 +191,11 @@ def test_stats_report_chain_depth(cproxy: ProxyServer, cs3: Any, space: str) -> 
 
 
 @pytest.mark.filesystem_only
-def test_random_histories_read_back_exactly(cproxy: ProxyServer, cs3: Any, space: str) -> None:
-    """Random puts of new versions, overwrites and deletes anywhere in the chains; after every
-    step and after a restart every remaining object reads back exactly."""
+@pytest.mark.parametrize("bucket", ["chained", "upstream"])
+def test_random_histories_read_back_exactly(cproxy: ProxyServer, cs3: Any, space: str, bucket: str) -> None:
+    """Random puts of new versions, overwrites and deletes anywhere in the chains (or, under the
+    reference strategy, in one deltaspace); after every step and after a restart every remaining
+    object reads back exactly."""
     rng = random.Random(int.from_bytes(os.urandom(4)))
     seed = rng.randrange(2**32)
     rng = random.Random(seed)
@@ -209,21 +211,21 @@ def test_random_histories_read_back_exactly(cproxy: ProxyServer, cs3: Any, space
                 if rng.random() < 0.9
                 else rng.randbytes(50_000)
             )
-            cs3.put_object(Bucket="chained", Key=key, Body=body)
+            cs3.put_object(Bucket=bucket, Key=key, Body=body)
             live[key] = latest = body
         else:
             key = rng.choice(sorted(live))
-            cs3.delete_object(Bucket="chained", Key=key)
+            cs3.delete_object(Bucket=bucket, Key=key)
             del live[key]
         if step % 5 == 4:
             for key, body in live.items():
-                assert sha(read(cs3, "chained", key)) == sha(body), f"seed {seed}, step {step}, {key}"
+                assert sha(read(cs3, bucket, key)) == sha(body), f"seed {seed}, step {step}, {key}"
     cproxy.stop()
     cproxy.start()
-    listed = cs3.list_objects_v2(Bucket="chained", Prefix=f"{space}/").get("Contents", [])
+    listed = cs3.list_objects_v2(Bucket=bucket, Prefix=f"{space}/").get("Contents", [])
     assert sorted(o["Key"] for o in listed) == sorted(live), f"seed {seed}"
     for key, body in live.items():
-        assert sha(read(cs3, "chained", key)) == sha(body), f"seed {seed}, after restart, {key}"
+        assert sha(read(cs3, bucket, key)) == sha(body), f"seed {seed}, after restart, {key}"
 
 
 @pytest.mark.filesystem_only
@@ -362,3 +364,35 @@ def test_dependants_written_by_another_instance_are_found(tmp_path: Path) -> Non
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_bucket_switched_back_to_reference_still_protects_its_chains(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    server = ProxyServer(
+        data_dir=tmp_path / "data", env={"DGP_DELTA_ENCODING": "inline"}, args=["--config", str(config)]
+    ).start()
+    try:
+        s3 = make_client(server.endpoint)
+        s3.create_bucket(Bucket="deep")
+        versions = drifting(4, seed=10, size=300_000)
+        for number, body in enumerate(versions):
+            s3.put_object(Bucket="deep", Key=f"w/{number}.zip", Body=body)
+        server.stop()
+        switched = CONFIG.replace(
+            "    deep:\n      delta_strategy: chain\n", "    deep:\n      delta_strategy: reference\n"
+        )
+        assert switched != CONFIG
+        config.write_text(switched)
+        server.start()
+        layout = FilesystemLayout(server.data_dir)
+        assert layout.record("deep", "w/3.zip.delta")["ref_path"] == "2.zip"
+        s3.delete_object(Bucket="deep", Key="w/2.zip")
+        # Moved onto 2's base, and new versions go against reference.bin again.
+        assert layout.record("deep", "w/3.zip.delta")["ref_path"] == "1.zip"
+        s3.put_object(Bucket="deep", Key="w/5.zip", Body=edited(versions[3], random.Random(11)))
+        assert layout.record("deep", "w/5.zip.delta")["ref_path"] == "reference.bin"
+        for number in (0, 1, 3):
+            assert sha(read(s3, "deep", f"w/{number}.zip")) == sha(versions[number])
+    finally:
+        server.stop()
