@@ -62,6 +62,11 @@ class BaseChooser:
         if tip.record.depth >= policy.max_chain_depth or tip.record.file_sha256 == reference.file_sha256:
             # Too deep, or the very bytes of reference.bin (the version that seeded it): one hop less.
             return [fallback]
+        top = Level(tip.name, tip.record.file_sha256, tip.record)
+        if self.chains.references.has(bucket, key.prefix, top.sha256):
+            # The tip's verified bytes are cached (usually adopted from its own PUT): encoding
+            # against them needs nothing below, so no walk (up to a HEAD per level) per PUT.
+            return [Candidate([top], tip.record.depth + 1), fallback]
         try:
             below = await self.chains.bases(bucket, key.prefix, tip.record)
         except ChainBroken:
@@ -69,8 +74,7 @@ class BaseChooser:
             return [fallback]
         if below[-1].sha256 != reference.file_sha256:
             return [fallback]
-        levels = [Level(tip.name, tip.record.file_sha256, tip.record), *below]
-        return [Candidate(levels, tip.record.depth + 1), fallback]
+        return [Candidate([top, *below], tip.record.depth + 1), fallback]
 
     def advance(self, bucket: str, key: ObjectKey) -> None:
         """``key`` was just stored as a delta: it is the deltaspace's new tip."""

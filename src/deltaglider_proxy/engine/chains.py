@@ -139,6 +139,8 @@ class Chains:
         hit = self.references.hit(bucket, prefix, level.sha256)
         if hit is not None:
             return await stack.enter_async_context(hit)
+        if index + 1 >= len(levels):
+            raise ChainBroken(f"{level.name} left the cache and its chain was not resolved")
         # No lock is held while the levels below are rebuilt (each level pins its own entry), so
         # two reads of crossing chains can never wait on each other.
         base = await self._materialise(bucket, prefix, levels, index + 1, stack)
