@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import time
@@ -154,3 +155,26 @@ def test_kill_during_repack_leaves_everything_readable(rproxy: ProxyServer, stra
     assert rewritten() == COUNT - 2
     rproxy.start()
     check_reads(rproxy, "k", versions)
+
+
+def test_repack_into_chain_encodes_what_reference_stored_whole(rproxy: ProxyServer) -> None:
+    """Versions that drifted too far from the first for the ratio rule were stored as-is; against
+    their previous version they are worth a delta, and repack makes them one."""
+    rng = random.Random(33)
+    versions = [rng.randbytes(200_000)]
+    for _ in range(11):
+        data = bytearray(versions[-1])
+        for _ in range(15):  # ~15 % of the bytes replaced per version
+            at = rng.randrange(0, len(data) - 2000)
+            data[at : at + 2000] = rng.randbytes(2000)
+        versions.append(bytes(data))
+    upload(rproxy, "d", versions)
+    rproxy.stop()
+    whole = [n for n in records(rproxy.data_dir, "d") if not n.endswith((".delta", "reference.bin"))]
+    assert whole, "the history should have outgrown the reference"
+    output = repack(rproxy.data_dir, "d", "chain")
+    before, after = stored_bytes(output)
+    assert after < 0.6 * before, output
+    assert all(n.endswith((".delta", "reference.bin")) for n in records(rproxy.data_dir, "d"))
+    rproxy.start()
+    check_reads(rproxy, "d", versions)

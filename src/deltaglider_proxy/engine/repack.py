@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from deltaglider_proxy.engine.bases import Candidate, reference_candidate
-from deltaglider_proxy.engine.chains import Chains, Level, encode_waiting, join
+from deltaglider_proxy.engine.chains import ChainBroken, Chains, Level, encode_waiting, join
 from deltaglider_proxy.engine.dependants import as_passthrough, delta_record
 from deltaglider_proxy.engine.eligibility import Strategy
 from deltaglider_proxy.engine.keys import ObjectKey, parse_key
@@ -144,9 +144,13 @@ class Repacker:
         candidate = fallback
         usable = previous is not None and previous.record.file_sha256 != reference.file_sha256
         if previous is not None and usable and previous.record.depth < max_depth:
-            below = await self.chains.bases(bucket, item.key.prefix, previous.record)
-            levels = [Level(previous.stored.name, previous.record.file_sha256, previous.record), *below]
-            candidate = Candidate(levels, previous.record.depth + 1)
+            try:
+                below = await self.chains.bases(bucket, item.key.prefix, previous.record)
+            except ChainBroken:
+                below = []  # an unreadable previous object is no base; reference.bin it is
+            if below:
+                levels = [Level(previous.stored.name, previous.record.file_sha256, previous.record), *below]
+                candidate = Candidate(levels, previous.record.depth + 1)
         if item.is_delta:
             if item.record.base_name == candidate.base.name.rsplit("/", 1)[-1].removesuffix(DELTA_SUFFIX):
                 return "skipped"  # already in the target form (a resumed run)
@@ -181,6 +185,9 @@ class Repacker:
                 new = delta_record(
                     as_passthrough(record), item.key.filename, candidate.base, size, candidate.depth
                 )
+                if not item.is_delta:
+                    # A stale delta of this key (left beside the newer passthrough) may be a base.
+                    await self.store.dependants.release(bucket, item.key)
                 await self.backend.write(bucket, item.key.delta_name, out, new, move=True)
                 if not item.is_delta:
                     await self.backend.delete(bucket, item.key.passthrough_name)

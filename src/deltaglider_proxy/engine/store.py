@@ -28,7 +28,7 @@ from deltaglider_proxy.engine.eligibility import (
 )
 from deltaglider_proxy.engine.keys import ObjectKey
 from deltaglider_proxy.engine.locks import DeltaspaceLocks
-from deltaglider_proxy.engine.references import Loader, ReferenceCache
+from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.similarity import WORTH_ENCODING, Sketch, containment, sketch_file
 from deltaglider_proxy.engine.spool import Spool, SpooledFile
 from deltaglider_proxy.engine.transfer import stream_to_file
@@ -111,14 +111,6 @@ class DeltaStore:
         self.dependants = Dependants(backend, self.chains, policies)
 
     # ------------------------------------------------------------------ reference access
-
-    def loader(self, bucket: str, key: ObjectKey) -> Loader:
-        """A cache loader that copies the deltaspace's reference from the backend."""
-
-        async def load(path: Path) -> tuple[int, str]:
-            return await stream_to_file(self.backend.read(bucket, key.reference_name), path)
-
-        return load
 
     async def _reference_sketch(self, sha256: str, path: Path) -> Sketch:
         sketch = self._sketches.get(sha256)
