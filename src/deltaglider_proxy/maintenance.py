@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import cast
 
 import click
@@ -67,6 +68,7 @@ def repack(
     target = cast(Strategy, strategy)
     depth = max_chain_depth or policies.for_bucket(bucket).max_chain_depth
     work = state_dir(snapshot) / f"repack-{os.getpid()}"
+    _remove_stale_work_dirs(state_dir(snapshot))
 
     async def main() -> None:
         backend = build_backend(snapshot)
@@ -112,3 +114,11 @@ def repack(
         sys.exit(1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work_dirs(state: Path) -> None:
+    """Spool and cache copies of repack runs that were killed (their process is gone)."""
+    for leftover in state.glob("repack-*"):
+        pid = leftover.name.removeprefix("repack-")
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -152,6 +152,8 @@ def test_kill_during_repack_leaves_everything_readable(rproxy: ProxyServer, stra
         rproxy.stop()
     output = repack(rproxy.data_dir, "k", strategy)
     assert "skipped" in output
+    # The killed runs' work directories (spool, cache) are gone too.
+    assert not list((rproxy.data_dir / ".deltaglider").glob("repack-*"))
     assert rewritten() == COUNT - 2
     rproxy.start()
     check_reads(rproxy, "k", versions)
