@@ -5,6 +5,8 @@ For each corpus (a directory of ``NNN_``-prefixed versions, see /work/shared/ben
 proxy is started and the versions are uploaded in order into one prefix of two buckets:
 
 * ``bench-delta``: the default policy (delta storage where it pays);
+* ``bench-chain``: ``delta_strategy: chain`` (deltas against the previous version, up to
+  ``max_chain_depth`` hops; ``--max-chain-depth`` overrides the default);
 * ``bench-plain``: ``compression: false`` in the bucket policy (``storage.buckets``), the passthrough
   anchor. (Uploading under a ``.passthrough`` key suffix would not do: eligibility also sniffs the
   body, so a zip or tar under any name is a delta candidate.)
@@ -15,7 +17,10 @@ pass that checks each SHA-256. Printed per corpus:
 original bytes, bytes stored on the backend (file sizes under the bucket's directory, without the
 ``.deltaglider`` state dir), savings, PUT and GET MB/s, the ``xdelta3 -e -9 -D`` each-against-first
 anchor (first version whole plus every delta; ``-D`` because without it xdelta3 gunzips ``.tgz``
-inputs and cannot give the original bytes back), and the proxy worker's peak RSS. ``--big-object-gb``
+inputs and cannot give the original bytes back), the each-against-previous anchor (what a chain can
+reach at unbounded depth), and the proxy worker's peak RSS. For the chain bucket, the deepest object
+is also read first thing after the restart (nothing cached: every hop decoded) and timed against a
+GET of the same object from the passthrough bucket. ``--big-object-gb``
 adds a synthetic ``.tar`` of that size (a random base plus an edited copy of it), PUT twice (the
 second version edited again) and read back.
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -52,8 +58,13 @@ from tests.support.signing import signed_headers
 MB = 1_000_000
 MiB = 1024 * 1024
 DELTA_BUCKET = "bench-delta"
+CHAIN_BUCKET = "bench-chain"
 PLAIN_BUCKET = "bench-plain"
-CONFIG = f"storage:\n  buckets:\n    {PLAIN_BUCKET}:\n      compression: false\n"
+BUCKETS = (DELTA_BUCKET, CHAIN_BUCKET, PLAIN_BUCKET)
+CONFIG = (
+    f"storage:\n  buckets:\n    {PLAIN_BUCKET}:\n      compression: false\n"
+    f"    {CHAIN_BUCKET}:\n      delta_strategy: chain\n"
+)
 # Extra lines for the delta bucket's policy and the proxy's advanced section (command-line knobs).
 EXTRA_CONFIG: list[str] = []
 STATE_DIR = ".deltaglider"
@@ -61,6 +72,7 @@ STATE_DIR = ".deltaglider"
 PUT_GOAL = 0.5
 GET_GOAL = 0.8
 RSS_GOAL = 256 * MiB
+DEEP_GET_GOAL = 0.5
 
 
 def versions(corpus: Path) -> list[Path]:
@@ -117,13 +129,14 @@ def stored_bytes(data_dir: Path, bucket: str) -> int:
     return total
 
 
-def anchor_bytes(files: list[Path], workdir: Path) -> int:
-    """``xdelta3 -e -9 -D`` each version against the first; the first counted whole."""
+def anchor_bytes(files: list[Path], workdir: Path, *, previous: bool = False) -> int:
+    """``xdelta3 -e -9 -D`` each version against the first (or the previous); the first counted whole."""
     total = files[0].stat().st_size
     delta = workdir / "anchor.vcdiff"
-    for target in files[1:]:
+    for number, target in enumerate(files[1:], start=1):
+        source = files[number - 1] if previous else files[0]
         subprocess.run(
-            ["xdelta3", "-e", "-f", "-9", "-D", "-s", str(files[0]), str(target), str(delta)],
+            ["xdelta3", "-e", "-f", "-9", "-D", "-s", str(source), str(target), str(delta)],
             check=True,
             capture_output=True,
         )
@@ -221,6 +234,10 @@ class Result:
     put_seconds: dict[str, float] = field(default_factory=dict)
     get_seconds: dict[str, float] = field(default_factory=dict)
     anchor: int | None = None
+    anchor_previous: int | None = None
+    # The chain bucket's deepest object: (name, depth, size), cold GET seconds chain / passthrough.
+    deepest: tuple[str, int, int] | None = None
+    deepest_seconds: tuple[float, float] = (0.0, 0.0)
     # Background encoding: seconds from the end of the PUTs until the queue was empty.
     drain_seconds: float = 0.0
     worker_peak: int = 0
@@ -262,7 +279,7 @@ def measure(name: str, files: list[Path], workdir: Path, prefix: str) -> Result:
     proxy = Proxy(workdir)
     s3 = proxy.start()
     try:
-        for bucket in (DELTA_BUCKET, PLAIN_BUCKET):
+        for bucket in BUCKETS:
             s3.create_bucket(Bucket=bucket)
             started = time.perf_counter()
             for path in files:
@@ -273,20 +290,32 @@ def measure(name: str, files: list[Path], workdir: Path, prefix: str) -> Result:
             if bucket == DELTA_BUCKET:
                 result.drain_seconds = time.perf_counter() - drained
             result.stored[bucket] = stored_bytes(proxy.data_dir, bucket)
+        result.deepest = deepest(proxy.data_dir, CHAIN_BUCKET, prefix)
         proxy.stop()
         s3 = proxy.start()  # cold: nothing cached in the proxy (the OS page cache stays warm for both)
         s3.list_objects_v2(Bucket=PLAIN_BUCKET, MaxKeys=1)  # warm the worker before anything is timed
-        # Version by version, alternating which bucket is read first, so neither bucket pays for the
-        # fresh worker or gains from what the other left in the page cache.
-        result.get_seconds = {DELTA_BUCKET: 0.0, PLAIN_BUCKET: 0.0}
+        if result.deepest is not None:
+            name, _, size = result.deepest
+            timed = []
+            for bucket in (CHAIN_BUCKET, PLAIN_BUCKET):
+                started = time.perf_counter()
+                http_get(presigned(s3, "get_object", bucket, f"{prefix}/{name}"), size)
+                timed.append(time.perf_counter() - started)
+            result.deepest_seconds = (timed[0], timed[1])
+            proxy.stop()
+            s3 = proxy.start()
+            s3.list_objects_v2(Bucket=PLAIN_BUCKET, MaxKeys=1)
+        # Version by version, rotating which bucket is read first, so no bucket pays for the fresh
+        # worker or gains from what another left in the page cache.
+        result.get_seconds = dict.fromkeys(BUCKETS, 0.0)
         for n, path in enumerate(files):
-            order = (DELTA_BUCKET, PLAIN_BUCKET) if n % 2 == 0 else (PLAIN_BUCKET, DELTA_BUCKET)
+            order = BUCKETS[n % len(BUCKETS) :] + BUCKETS[: n % len(BUCKETS)]
             for bucket in order:
                 url = presigned(s3, "get_object", bucket, f"{prefix}/{path.name}")
                 started = time.perf_counter()
                 http_get(url, path.stat().st_size)
                 result.get_seconds[bucket] += time.perf_counter() - started
-        for bucket in (DELTA_BUCKET, PLAIN_BUCKET):
+        for bucket in BUCKETS:
             for path in files:
                 digest = hashlib.sha256()
                 http_get(
@@ -302,6 +331,18 @@ def measure(name: str, files: list[Path], workdir: Path, prefix: str) -> Result:
         proxy.stop()
     result.worker_peak, result.codec_peak = proxy.worker_peak, proxy.codec_peak
     return result
+
+
+def deepest(data_dir: Path, bucket: str, prefix: str) -> tuple[str, int, int] | None:
+    """The object of ``bucket``/``prefix`` with the deepest chain: (name, depth, original size)."""
+    space = data_dir / bucket / "deltaspaces" / prefix
+    found: tuple[str, int, int] | None = None
+    for path in sorted(space.glob("*.delta")):
+        doc = json.loads(os.getxattr(path, "user.dg.metadata"))
+        depth = int(doc.get("chain_depth", 1))
+        if found is None or depth > found[1]:
+            found = (path.name[: -len(".delta")], depth, int(doc["file_size"]))
+    return found
 
 
 def wait_for_background(proxy: Proxy, bucket: str) -> None:
@@ -360,38 +401,42 @@ def verdict(ok: bool) -> str:
 
 
 def report(result: Result) -> None:
-    delta_stored = result.stored[DELTA_BUCKET]
     plain_stored = result.stored[PLAIN_BUCKET]
-    savings = 1 - delta_stored / result.original
-    put_delta = rate(result.original, result.put_seconds[DELTA_BUCKET])
     put_plain = rate(result.original, result.put_seconds[PLAIN_BUCKET])
-    get_delta = rate(result.original, result.get_seconds[DELTA_BUCKET])
     get_plain = rate(result.original, result.get_seconds[PLAIN_BUCKET])
     print(f"\n== {result.name}: {result.files} versions, {result.original / MB:.1f} MB")
-    print(f"  stored   delta bucket {delta_stored / MB:10.2f} MB   savings {100 * savings:6.2f} %")
+    for label, bucket in (("reference", DELTA_BUCKET), ("chain", CHAIN_BUCKET)):
+        stored = result.stored[bucket]
+        saved = 100 * (1 - stored / result.original)
+        print(f"  stored   {label:<12} {stored / MB:10.2f} MB   savings {saved:6.2f} %")
     plain_savings = 1 - plain_stored / result.original
     print(f"  stored   passthrough  {plain_stored / MB:10.2f} MB   savings {100 * plain_savings:6.2f} %")
-    if result.anchor is not None:
-        anchor_savings = 1 - result.anchor / result.original
+    for label, anchor in (("each-vs-first", result.anchor), ("each-vs-prev", result.anchor_previous)):
+        if anchor is not None:
+            saved = 100 * (1 - anchor / result.original)
+            print(f"  anchor   {label:<13}{anchor / MB:10.2f} MB   savings {saved:6.2f} %   (xdelta3 -9 -D)")
+    for label, bucket in (("reference", DELTA_BUCKET), ("chain", CHAIN_BUCKET)):
+        put = rate(result.original, result.put_seconds[bucket])
+        get = rate(result.original, result.get_seconds[bucket])
         print(
-            f"  anchor   xdelta3 -9   {result.anchor / MB:10.2f} MB   savings {100 * anchor_savings:6.2f} %"
-            f"   goal savings >= anchor: {verdict(delta_stored <= result.anchor)}"
-            f" ({100 * (savings - anchor_savings):+.2f} pt)"
+            f"  {label:<10} PUT {put:8.1f} MB/s ({put / put_plain:4.2f}x passthrough {put_plain:.1f})"
+            f"   cold GET {get:8.1f} MB/s ({get / get_plain:4.2f}x passthrough {get_plain:.1f})"
         )
-    print(
-        f"  PUT      delta {put_delta:8.1f} MB/s   passthrough {put_plain:8.1f} MB/s   ratio "
-        f"{put_delta / put_plain:5.2f}   goal >= {PUT_GOAL}: {verdict(put_delta >= PUT_GOAL * put_plain)}"
-    )
     if result.drain_seconds:
         total = result.put_seconds[DELTA_BUCKET] + result.drain_seconds
         print(
             f"  encode   background queue drained {result.drain_seconds:6.1f} s after the last PUT "
             f"(PUT + encoding: {rate(result.original, total):.1f} MB/s)"
         )
-    print(
-        f"  GET cold delta {get_delta:8.1f} MB/s   passthrough {get_plain:8.1f} MB/s   ratio "
-        f"{get_delta / get_plain:5.2f}   goal >= {GET_GOAL}: {verdict(get_delta >= GET_GOAL * get_plain)}"
-    )
+    if result.deepest is not None:
+        name, depth, size = result.deepest
+        chain_s, plain_s = result.deepest_seconds
+        ratio = plain_s / chain_s if chain_s else 0.0
+        print(
+            f"  deepest  {name} depth {depth}: cold GET {rate(size, chain_s):7.1f} MB/s vs passthrough "
+            f"{rate(size, plain_s):7.1f} MB/s = {ratio:4.2f}x   goal >= {DEEP_GET_GOAL}: "
+            f"{verdict(ratio >= DEEP_GET_GOAL)}"
+        )
     print(
         f"  RSS      worker peak {result.worker_peak / MiB:7.1f} MiB   goal <= {RSS_GOAL // MiB} MiB: "
         f"{verdict(result.worker_peak <= RSS_GOAL)}   (largest xdelta3 child seen: "
@@ -408,7 +453,10 @@ def main() -> None:
     parser.add_argument("--skip-anchor", action="store_true", help="do not run the xdelta3 -9 anchor")
     parser.add_argument("--max-delta-ratio", type=float, default=None, help="delta bucket max_delta_ratio")
     parser.add_argument("--inline", action="store_true", help="advanced.delta_encoding: inline")
+    parser.add_argument("--max-chain-depth", type=int, default=None, help="chain bucket max_chain_depth")
     args = parser.parse_args()
+    if args.max_chain_depth is not None:
+        EXTRA_CONFIG.append(f"      max_chain_depth: {args.max_chain_depth}\n")
     if args.max_delta_ratio is not None:
         EXTRA_CONFIG.append(f"    {DELTA_BUCKET}:\n      max_delta_ratio: {args.max_delta_ratio}\n")
     if args.inline:
@@ -433,6 +481,7 @@ def main() -> None:
             result = measure(name, files, workdir / name, name)
             if not args.skip_anchor:
                 result.anchor = anchor_bytes(files, workdir)
+                result.anchor_previous = anchor_bytes(files, workdir, previous=True)
             report(result)
         if args.big_object_gb > 0:
             big_dir = workdir / "big-files"

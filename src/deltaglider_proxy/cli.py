@@ -20,6 +20,7 @@ from deltaglider_proxy.cli_rotate import rotate_keys
 from deltaglider_proxy.config.load import ConfigError, Snapshot, load_snapshot
 from deltaglider_proxy.config.model import parse_listen_addr
 from deltaglider_proxy.engine.codec import CodecFailed, check_available
+from deltaglider_proxy.maintenance import repack
 from deltaglider_proxy.observability.audit import check_mirror, mirror_path_from_env
 from deltaglider_proxy.observability.logs import parse_levels
 from deltaglider_proxy.storage.base import StorageError
@@ -176,6 +177,7 @@ def serve(host: str, port: int, snapshot: Snapshot) -> None:
 
 
 main.add_command(rotate_keys)
+main.add_command(repack)
 
 if __name__ == "__main__":
     main()

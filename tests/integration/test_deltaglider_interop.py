@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import re
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ import deltaglider_proxy
 from tests.conftest import make_client
 from tests.support.deltaglider_cli import DeltagliderCli, ensure_deltaglider_cli
 from tests.support.s3servers import MotoServer
-from tests.support.server import ProxyServer
+from tests.support.server import PROXY_BIN, ProxyServer
 
 pytestmark = pytest.mark.slow
 
@@ -516,3 +518,56 @@ def test_cli_and_proxy_extend_each_others_deltaspaces(
             out = tmp_path / key
             cli.download(bucket, key, out)
             assert sha256(out.read_bytes()) == artifact.sha256, f"CLI download {key}"
+
+
+def test_chain_bucket_is_refused_by_the_cli_until_repacked_to_reference(
+    moto: MotoServer, raw: Any, cli: DeltagliderCli, artifacts: list[Artifact], tmp_path: Path
+) -> None:
+    """A chained delta is not readable by the CLI — it refuses (reference SHA mismatch), never
+    writes wrong bytes; ``repack --strategy reference`` makes the whole prefix CLI-readable."""
+    raw.create_bucket(Bucket="chainy")
+    config = tmp_path / "chain.yaml"
+    config.write_text("storage:\n  buckets:\n    chainy:\n      delta_strategy: chain\n")
+    env = {
+        "DGP_S3_ENDPOINT": moto.endpoint,
+        "DGP_S3_REGION": REGION,
+        "DGP_S3_PATH_STYLE": "true",
+        "DGP_BE_AWS_ACCESS_KEY_ID": BACKEND_ACCESS_KEY,
+        "DGP_BE_AWS_SECRET_ACCESS_KEY": BACKEND_SECRET_KEY,
+        "DGP_DELTA_ENCODING": "inline",
+        "DGP_STATE_DIR": str(tmp_path / "state"),
+    }
+    server = ProxyServer(data_dir=tmp_path / "data", env=env, args=["--config", str(config)]).start()
+    try:
+        s3 = make_client(server.endpoint)
+        for artifact in zips(artifacts):
+            s3.put_object(Bucket="chainy", Key=f"rel/{artifact.name}", Body=artifact.data)
+    finally:
+        server.stop()
+    last = zips(artifacts)[-1]
+    meta = raw.head_object(Bucket="chainy", Key=f"rel/{last.name}.delta")["Metadata"]
+    assert meta["dg-chain-depth"] == str(VERSION_COUNT - 1)
+    assert meta["dg-ref-key"] == f"rel/{zips(artifacts)[-2].name}"
+    refused_path = tmp_path / "refused.zip"
+    refused = cli.raw("cp", f"s3://chainy/rel/{last.name}", str(refused_path), *cli._endpoint_args())
+    assert refused.returncode != 0
+    assert not refused_path.exists() or sha256(refused_path.read_bytes()) == last.sha256
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DGP_", "AWS_"))}
+    args = ["repack", "-c", str(config), "--bucket", "chainy", "--prefix", "rel", "--strategy", "reference"]
+    done = subprocess.run(
+        [str(PROXY_BIN), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stored bytes after" in done.stdout
+    for artifact in zips(artifacts):
+        dest = tmp_path / "cli" / artifact.name
+        cli.download("chainy", f"rel/{artifact.name}", dest)
+        assert sha256(dest.read_bytes()) == artifact.sha256
+        stored = raw.head_object(Bucket="chainy", Key=f"rel/{artifact.name}.delta")["Metadata"]
+        assert "dg-chain-depth" not in stored

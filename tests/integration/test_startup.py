@@ -49,8 +49,18 @@ def test_version(tmp_path: Path) -> None:
         ("storage:\n  backend:\n    type: tape\n", "type", ""),
         ("acess:\n  access_key_id: x\n", "acess", ""),
         ("advanced: [1, 2\n", "", "YAML"),
+        ("storage:\n  buckets:\n    b1:\n      delta_strategy: previous\n", "delta_strategy", ""),
+        ("storage:\n  buckets:\n    b1:\n      max_chain_depth: 33\n", "max_chain_depth", "32"),
     ],
-    ids=["listen-addr", "negative-size", "unknown-backend", "misspelt-section", "bad-yaml"],
+    ids=[
+        "listen-addr",
+        "negative-size",
+        "unknown-backend",
+        "misspelt-section",
+        "bad-yaml",
+        "unknown-strategy",
+        "chain-too-deep",
+    ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, document: str, field: str, reason: str) -> None:
     config = tmp_path / "bad.yaml"

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 GIB = 1024**3
 TIB = 1024**4
+# Hard ceiling on delta-chain depth: a GET never decodes more hops than this, whatever the config.
+MAX_CHAIN_DEPTH_CEILING = 32
 
 
 class Section(BaseModel):
@@ -127,6 +129,10 @@ NamedBackend = Annotated[NamedFilesystemBackend | NamedS3Backend, Field(discrimi
 class BucketPolicyConfig(Section):
     compression: bool | None = None
     max_delta_ratio: float | None = None
+    # "reference": every delta against the deltaspace's reference.bin (upstream, CLI-readable);
+    # "chain": against the most recent stored version, up to max_chain_depth decode hops.
+    delta_strategy: Literal["reference", "chain"] | None = None
+    max_chain_depth: int | None = Field(default=None, ge=1, le=MAX_CHAIN_DEPTH_CEILING)
     backend: str | None = None
     alias: str | None = None
     public_prefixes: list[str] = []

@@ -333,6 +333,7 @@ class ObjectEngine:
         )
         source_name = parse_key(source.key).passthrough_name
         async with self.locks.hold(dst_bucket, key.prefix):
+            await self.deltas.dependants.release(dst_bucket, key)
             stored: StoredObject = await copier(
                 src_bucket, source_name, dst_bucket, key.passthrough_name, target
             )
@@ -349,6 +350,8 @@ class ObjectEngine:
     async def delete(self, bucket: str, raw_key: str) -> bool:
         key = parse_key(raw_key)
         async with self.locks.hold(bucket, key.prefix):
+            # Deltas based on this one move onto its base first (chain strategy); only then it goes.
+            await self.deltas.dependants.release(bucket, key)
             removed_delta = await self.backend.delete(bucket, key.delta_name)
             removed_plain = await self.backend.delete(bucket, key.passthrough_name)
             if removed_delta or removed_plain:

@@ -1,4 +1,5 @@
-"""The reference cache: verified local copies of deltaspaces' ``reference.bin`` files.
+"""The reference cache: verified local copies of deltaspaces' ``reference.bin`` files, and of the
+decoded intermediates of delta chains (a ``chain`` bucket's bases), keyed by content SHA-256.
 
 The codec works file to file, so a reference is kept as a file on the local disk (the state
 directory) rather than in RAM: a 2 GB baseline costs page cache, not heap, and the kernel keeps
@@ -14,11 +15,11 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CacheKey = tuple[str, str]  # (bucket, deltaspace prefix)
+CacheKey = tuple[str, str, str]  # (bucket, deltaspace prefix, content sha256)
 
 
 @dataclass
@@ -78,19 +79,28 @@ class ReferenceCache:
     async def pinned(self, bucket: str, prefix: str, sha256: str, load: Loader) -> AsyncIterator[Path]:
         """A local file holding the reference of ``(bucket, prefix)`` whose SHA-256 is
         ``sha256``, valid until the block exits. ``load`` fills a miss."""
-        key = (bucket, prefix)
+        key = (bucket, prefix, sha256)
         entry = self._entries.get(key)
-        if entry is None or entry.sha256 != sha256:
+        if entry is None:
             lock = self._loading.setdefault(key, asyncio.Lock())
-            async with lock:
-                entry = self._entries.get(key)
-                if entry is None or entry.sha256 != sha256:
-                    self.misses += 1
-                    entry = await self._load(key, sha256, load)
-                else:
-                    self.hits += 1
+            try:
+                async with lock:
+                    entry = self._entries.get(key)
+                    if entry is None:
+                        self.misses += 1
+                        entry = await self._load(key, sha256, load)
+                    else:
+                        self.hits += 1
+            finally:
+                if not lock.locked():
+                    self._loading.pop(key, None)
         else:
             self.hits += 1
+        async with self._pin(entry) as path:
+            yield path
+
+    @asynccontextmanager
+    async def _pin(self, entry: _Entry) -> AsyncIterator[Path]:
         entry.pins += 1
         entry.last_used = time.monotonic()
         try:
@@ -114,9 +124,12 @@ class ReferenceCache:
             )
         return await self._insert(key, _Entry(path, size, sha256))
 
-    async def adopt(self, bucket: str, prefix: str, sha256: str, source: Path) -> None:
+    async def adopt(
+        self, bucket: str, prefix: str, sha256: str, source: Path, *, link_only: bool = False
+    ) -> None:
         """Cache a reference we just wrote from ``source`` (left in place) without re-reading
-        it from the backend: a hard link when possible, else a copy."""
+        it from the backend: a hard link when possible, else a copy (unless ``link_only``: an
+        opportunistic entry is not worth copying a large file)."""
         if self.max_bytes <= 0:
             return
         path = self._new_path()
@@ -125,11 +138,41 @@ class ReferenceCache:
             try:
                 os.link(source, path)
             except OSError:
+                if link_only:
+                    return -1
                 shutil.copyfile(source, path)
             return path.stat().st_size
 
         size = await asyncio.to_thread(link_or_copy)
-        await self._insert((bucket, prefix), _Entry(path, size, sha256))
+        if size < 0:
+            return
+        await self._insert((bucket, prefix, sha256), _Entry(path, size, sha256))
+
+    def new_path(self) -> Path:
+        """A fresh path inside the cache directory (for a file to be :meth:`adopt_pinned`)."""
+        return self._new_path()
+
+    def has(self, bucket: str, prefix: str, sha256: str) -> bool:
+        return (bucket, prefix, sha256) in self._entries
+
+    def hit(self, bucket: str, prefix: str, sha256: str) -> AbstractAsyncContextManager[Path] | None:
+        """The cached copy of content ``sha256``, pinned while the returned context is open;
+        None on a miss (nothing is loaded)."""
+        entry = self._entries.get((bucket, prefix, sha256))
+        if entry is None:
+            return None
+        self.hits += 1
+        return self._pin(entry)
+
+    @asynccontextmanager
+    async def adopt_pinned(self, bucket: str, prefix: str, sha256: str, path: Path) -> AsyncIterator[Path]:
+        """Take ownership of ``path`` (a verified file made by :meth:`new_path`) as the cached copy
+        of ``sha256`` and keep it pinned while the block runs."""
+        self.misses += 1
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        entry = await self._insert((bucket, prefix, sha256), _Entry(path, size, sha256))
+        async with self._pin(entry) as pinned:
+            yield pinned
 
     async def _insert(self, key: CacheKey, entry: _Entry) -> _Entry:
         self._drop(key)
@@ -165,5 +208,6 @@ class ReferenceCache:
             entry.path.unlink(missing_ok=True)
 
     def evict(self, bucket: str, prefix: str) -> None:
-        """Forget a deltaspace's reference (deleted, or suspected corrupt)."""
-        self._drop((bucket, prefix))
+        """Forget everything cached for a deltaspace (reference deleted, or suspected corrupt)."""
+        for key in [k for k in self._entries if k[0] == bucket and k[1] == prefix]:
+            self._drop(key)

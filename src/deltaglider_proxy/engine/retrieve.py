@@ -1,5 +1,7 @@
-"""The GET path for delta objects: reference (cached, verified) + delta → decoded spool file,
-returned only after its SHA-256 matches the record (storage.md §3.3).
+"""The GET path for delta objects: base (cached, verified) + delta → decoded spool file,
+returned only after its SHA-256 matches the record (storage.md §3.3). The base is reference.bin,
+or for a chained delta the rebuilt base object (``engine.chains``: bounded hops, every
+intermediate verified and cached).
 
 A mismatch may be the cached reference's fault, so the entry is evicted and the object rebuilt
 once more straight from the backend; a second mismatch is an integrity failure (500), never a
@@ -12,6 +14,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from deltaglider_proxy.engine.chains import ChainBroken, Chains
 from deltaglider_proxy.engine.codec import Codec, CodecFailed
 from deltaglider_proxy.engine.keys import ObjectKey
 from deltaglider_proxy.engine.references import ReferenceCache, ReferenceMismatch
@@ -57,6 +60,7 @@ class DeltaRetriever:
         self.codec = codec
         self.references = references
         self.store = store
+        self.chains: Chains = store.chains
 
     async def rebuild(self, bucket: str, key: ObjectKey, record: FileMetadata) -> DecodedFile:
         """The verified original bytes of the delta object ``key``."""
@@ -69,6 +73,11 @@ class DeltaRetriever:
         try:
             for attempt in range(1, ATTEMPTS + 1):
                 if await self._attempt(bucket, key, record, out):
+                    if self.store.policies.for_bucket(bucket).strategy == "chain":
+                        # In a chain this object is likely the next one's base: keep it (a link).
+                        await self.references.adopt(
+                            bucket, key.prefix, record.file_sha256, out, link_only=True
+                        )
                     return decoded
                 self.references.evict(bucket, key.prefix)
                 log.error(
@@ -80,21 +89,19 @@ class DeltaRetriever:
             raise
 
     async def _attempt(self, bucket: str, key: ObjectKey, record: FileMetadata, out: Path) -> bool:
-        reference = await self.backend.head(bucket, key.reference_name)
-        if reference is None or reference.record is None:
-            raise IntegrityError(f"{bucket}/{key.reference_name} is missing; {key.key} cannot be rebuilt")
-        expected_ref = record.ref_sha256 or reference.record.file_sha256
         delta_path = self.spool.new_path(".delta")
         try:
+            try:
+                levels = await self.chains.bases(bucket, key.prefix, record)
+            except ChainBroken as exc:
+                raise IntegrityError(f"{bucket}/{key.key} cannot be rebuilt: {exc}") from exc
             await stream_to_file(self.backend.read(bucket, key.delta_name), delta_path)
             try:
-                async with self.references.pinned(
-                    bucket, key.prefix, expected_ref, self.store.loader(bucket, key)
-                ) as ref_path:
-                    _, actual = await self.codec.decode_hashed(ref_path, delta_path, out)
-            except (ReferenceMismatch, CodecFailed) as exc:
-                # A damaged delta or reference usually makes the decoder itself fail (VCDIFF
-                # carries window checksums): same handling as a final-hash mismatch.
+                async with self.chains.content(bucket, key.prefix, levels) as base_path:
+                    _, actual = await self.codec.decode_hashed(base_path, delta_path, out)
+            except (ReferenceMismatch, CodecFailed, ChainBroken) as exc:
+                # A damaged delta or base usually makes the decoder itself fail (VCDIFF carries
+                # window checksums): same handling as a final-hash mismatch.
                 log.error("rebuilding %s/%s failed: %s", bucket, key.key, exc)
                 await asyncio.to_thread(out.unlink, True)
                 return False

@@ -29,10 +29,17 @@ class SpaceStats:
     original_bytes: int = 0
     stored_bytes: int = 0  # objects as stored (delta sizes), references excluded
     reference_bytes: int = 0
+    # Decode hops of the deltas (1 = against reference.bin; more under delta_strategy: chain).
+    max_chain_depth: int = 0
+    chain_depth_sum: int = 0
 
     @property
     def footprint_bytes(self) -> int:
         return self.stored_bytes + self.reference_bytes
+
+    @property
+    def mean_chain_depth(self) -> float:
+        return round(self.chain_depth_sum / self.deltas, 2) if self.deltas else 0.0
 
 
 @dataclass
@@ -85,6 +92,9 @@ class BucketStats:
                     "original_bytes": space.original_bytes,
                     "stored_bytes": space.stored_bytes,
                     "reference_bytes": space.reference_bytes,
+                    "footprint_bytes": space.footprint_bytes,
+                    "max_chain_depth": space.max_chain_depth,
+                    "mean_chain_depth": space.mean_chain_depth,
                 }
                 for space in sorted(self.spaces.values(), key=lambda s: s.prefix)
             ]
@@ -130,6 +140,8 @@ def _account(stats: BucketStats, entry: StoredObject) -> None:
     space.stored_bytes += entry.size
     if record is not None and record.note == "delta" and entry.name.endswith(DELTA_SUFFIX):
         space.deltas += 1
+        space.max_chain_depth = max(space.max_chain_depth, record.depth)
+        space.chain_depth_sum += record.depth
         ratio = entry.size / original if original else 1.0
         stats.ratio_histogram[bisect_left(RATIO_BOUNDS, ratio)] += 1
     else:

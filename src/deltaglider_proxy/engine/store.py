@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from deltaglider_proxy.engine.bases import BaseChooser, Candidate, reference_candidate
+from deltaglider_proxy.engine.chains import ChainBroken, Chains
 from deltaglider_proxy.engine.codec import Codec
+from deltaglider_proxy.engine.dependants import Dependants, delta_record
 from deltaglider_proxy.engine.eligibility import (
     CompressionPolicies,
     CompressionPolicy,
@@ -25,17 +28,12 @@ from deltaglider_proxy.engine.eligibility import (
 )
 from deltaglider_proxy.engine.keys import ObjectKey
 from deltaglider_proxy.engine.locks import DeltaspaceLocks
-from deltaglider_proxy.engine.references import Loader, ReferenceCache
+from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.similarity import WORTH_ENCODING, Sketch, containment, sketch_file
 from deltaglider_proxy.engine.spool import Spool, SpooledFile
 from deltaglider_proxy.engine.transfer import stream_to_file
 from deltaglider_proxy.storage.base import Backend, ObjectExists, StoredObject
-from deltaglider_proxy.storage.metadata import (
-    DELTA_CMD_TEMPLATE,
-    REFERENCE_NAME,
-    REFERENCE_ORIGINAL_NAME,
-    FileMetadata,
-)
+from deltaglider_proxy.storage.metadata import REFERENCE_ORIGINAL_NAME, FileMetadata
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +53,14 @@ Reason = Literal[
     "reference",  # the deltaspace's first object: it became the reference (stored as a self-delta)
 ]
 SKETCH_CACHE_ENTRIES = 256
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """No base gave an acceptable delta."""
+
+    reason: Reason
+    ratio: float | None
 
 
 @dataclass(frozen=True)
@@ -104,16 +110,11 @@ class DeltaStore:
         # Lifetime counter read by the metrics exporter at scrape time: original minus delta size
         # of every delta committed against an existing reference (a new reference saves nothing).
         self.bytes_saved = 0
+        self.chains = Chains(backend, spool, codec, references)
+        self.chooser = BaseChooser(backend, self.chains)
+        self.dependants = Dependants(backend, self.chains, policies)
 
     # ------------------------------------------------------------------ reference access
-
-    def loader(self, bucket: str, key: ObjectKey) -> Loader:
-        """A cache loader that copies the deltaspace's reference from the backend."""
-
-        async def load(path: Path) -> tuple[int, str]:
-            return await stream_to_file(self.backend.read(bucket, key.reference_name), path)
-
-        return load
 
     async def _reference_sketch(self, sha256: str, path: Path) -> Sketch:
         sketch = self._sketches.get(sha256)
@@ -132,6 +133,8 @@ class DeltaStore:
         """Store ``body`` (the caller still owns and discards it) as ``key``."""
         policy = self.policies.for_bucket(bucket)
         async with self.locks.hold(bucket, key.prefix):
+            # Whatever the new version becomes, deltas based on the old one must not break.
+            await self.dependants.release(bucket, key)
             if not policy.enabled:
                 return await self._passthrough(bucket, key, body, record, "compression-off")
             if body.size == 0:
@@ -187,18 +190,12 @@ class DeltaStore:
             _, sha256 = await stream_to_file(self.backend.read(bucket, key.passthrough_name), copy)
             if sha256 != record.file_sha256:
                 return "superseded"
-            async with self.references.pinned(
-                bucket, key.prefix, ref_record.file_sha256, self.loader(bucket, key)
-            ) as ref_path:
-                ref_sketch, body_sketch = await asyncio.gather(
-                    self._reference_sketch(ref_record.file_sha256, ref_path),
-                    asyncio.to_thread(sketch_file, copy),
-                )
-                if containment(ref_sketch, body_sketch) < WORTH_ENCODING:
-                    return "dissimilar"
-                delta_size = await self.codec.encode(ref_path, copy, delta_path)
-            if record.file_size == 0 or delta_size / record.file_size >= policy.max_delta_ratio:
-                return "ratio"
+            outcome = await self._encode_best(
+                bucket, key, copy, record.file_size, ref_record, False, policy, delta_path
+            )
+            if isinstance(outcome, Rejected):
+                return outcome.reason
+            candidate, delta_size = outcome
             async with self.locks.hold(bucket, key.prefix):
                 current = await self.backend.head(bucket, key.passthrough_name)
                 now_ref = await self.backend.head(bucket, key.reference_name)
@@ -206,21 +203,92 @@ class DeltaStore:
                     return "superseded"
                 if now_ref.record.file_sha256 != ref_record.file_sha256:
                     return "superseded"
+                if not await self._base_unchanged(bucket, candidate):
+                    return "superseded"
                 assert current is not None and current.record is not None
-                delta_record = current.record.with_changes(
-                    note="delta",
-                    ref_path=REFERENCE_NAME,
-                    ref_sha256=ref_record.file_sha256,
-                    delta_size=delta_size,
-                    delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
-                )
-                await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+                # A stale delta of this key (both kinds present) may have dependants.
+                await self.dependants.release(bucket, key)
+                new = delta_record(current.record, key.filename, candidate.base, delta_size, candidate.depth)
+                await self.backend.write(bucket, key.delta_name, delta_path, new, move=True)
                 self.bytes_saved += record.file_size - delta_size
                 await self._delete_quietly(bucket, key.passthrough_name, key)
+                await self._became_tip(bucket, key, policy, record.file_sha256, copy)
             return "delta"
         finally:
             await asyncio.to_thread(copy.unlink, True)
             await asyncio.to_thread(delta_path.unlink, True)
+
+    async def _base_unchanged(self, bucket: str, candidate: Candidate) -> bool:
+        """Whether a chained base is still the object the delta was computed against, no deeper."""
+        base = candidate.base
+        if base.record is None:
+            return True
+        stored = await self.backend.head(bucket, base.name)
+        now = stored.record if stored is not None else None
+        return (
+            now is not None
+            and now.note == "delta"
+            and now.file_sha256 == base.sha256
+            and now.depth < candidate.depth
+        )
+
+    async def _became_tip(
+        self, bucket: str, key: ObjectKey, policy: CompressionPolicy, sha256: str, source: Path
+    ) -> None:
+        """Under ``chain``, a new delta is the next PUT's base: remember it and keep its bytes
+        in the cache, so that PUT does not rebuild them."""
+        if policy.strategy != "chain":
+            return
+        self.chooser.advance(bucket, key)
+        if not self.references.has(bucket, key.prefix, sha256):
+            await self.references.adopt(bucket, key.prefix, sha256, source)
+
+    async def _encode_best(
+        self,
+        bucket: str,
+        key: ObjectKey,
+        source: Path,
+        size: int,
+        reference: FileMetadata,
+        minted: bool,
+        policy: CompressionPolicy,
+        out: Path,
+    ) -> tuple[Candidate, int] | Rejected:
+        """Encode ``source`` against the best acceptable base into ``out``: the similarity gate
+        (skipped for a just-minted reference: it is the body) and the ratio rule apply to each."""
+        if size == 0:
+            return Rejected("ratio", None)
+        if minted:
+            candidates = [reference_candidate(key, reference)]
+        else:
+            candidates = await self.chooser.candidates(bucket, key, policy, reference)
+        body_sketch: asyncio.Task[Sketch] | None = None
+        rejected = Rejected("dissimilar", None)
+        try:
+            for candidate in candidates:
+                if not minted and body_sketch is None:
+                    body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
+                try:
+                    async with self.chains.content(bucket, key.prefix, candidate.levels) as base_path:
+                        if body_sketch is not None:
+                            base_sketch = await self._reference_sketch(candidate.base.sha256, base_path)
+                            if containment(base_sketch, await body_sketch) < WORTH_ENCODING:
+                                continue
+                        delta_size = await self.codec.encode(base_path, source, out)
+                except ChainBroken as exc:
+                    if candidate.is_reference:
+                        raise
+                    log.warning("%s/%s: chain base unusable (%s); trying reference.bin", bucket, key.key, exc)
+                    self.chooser.forget(bucket, key.prefix)
+                    continue
+                ratio = delta_size / size
+                if ratio < policy.max_delta_ratio:
+                    return candidate, delta_size
+                rejected = Rejected("ratio", ratio)
+            return rejected
+        finally:
+            if body_sketch is not None and not body_sketch.done():
+                body_sketch.cancel()
 
     async def _mint_reference(
         self, bucket: str, key: ObjectKey, body: SpooledFile, record: FileMetadata
@@ -256,39 +324,25 @@ class DeltaStore:
         minted: bool,
         policy: CompressionPolicy,
     ) -> StoreResult:
-        threshold = policy.max_delta_ratio
         delta_path = self.spool.new_path(".delta")
         try:
-            async with self.references.pinned(
-                bucket, key.prefix, ref_record.file_sha256, self.loader(bucket, key)
-            ) as ref_path:
-                if not minted:
-                    ref_sketch, body_sketch = await asyncio.gather(
-                        self._reference_sketch(ref_record.file_sha256, ref_path),
-                        asyncio.to_thread(sketch_file, body.path),
-                    )
-                    if containment(ref_sketch, body_sketch) < WORTH_ENCODING:
-                        return await self._passthrough(bucket, key, body, record, "dissimilar")
-                delta_size = await self.codec.encode(ref_path, body.path, delta_path)
-            ratio = delta_size / body.size
-            if ratio >= threshold:
+            outcome = await self._encode_best(
+                bucket, key, body.path, body.size, ref_record, minted, policy, delta_path
+            )
+            if isinstance(outcome, Rejected):
                 if minted:
                     await self._drop_reference(bucket, key)
-                return await self._passthrough(bucket, key, body, record, "ratio", ratio)
-            delta_record = record.with_changes(
-                note="delta",
-                ref_path=REFERENCE_NAME,
-                ref_sha256=ref_record.file_sha256,
-                delta_size=delta_size,
-                delta_cmd=DELTA_CMD_TEMPLATE.format(name=key.filename),
-            )
-            stored = await self.backend.write(bucket, key.delta_name, delta_path, delta_record, move=True)
+                return await self._passthrough(bucket, key, body, record, outcome.reason, outcome.ratio)
+            candidate, delta_size = outcome
+            new = delta_record(record, key.filename, candidate.base, delta_size, candidate.depth)
+            stored = await self.backend.write(bucket, key.delta_name, delta_path, new, move=True)
             if not minted:
                 self.bytes_saved += body.size - delta_size
         finally:
             await asyncio.to_thread(delta_path.unlink, True)
         await self._delete_quietly(bucket, key.passthrough_name, key)
-        return StoreResult(stored, "delta", "reference" if minted else "delta", ratio)
+        await self._became_tip(bucket, key, policy, body.sha256_hex, body.path)
+        return StoreResult(stored, "delta", "reference" if minted else "delta", delta_size / body.size)
 
     async def _passthrough(
         self,

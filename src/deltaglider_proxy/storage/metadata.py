@@ -24,6 +24,7 @@ REFERENCE_NAME = "reference.bin"
 REFERENCE_ORIGINAL_NAME = "__reference__"
 DELTA_SUFFIX = ".delta"
 DELTA_CMD_TEMPLATE = "xdelta3 -e -9 -s reference.bin {name} {name}.delta"
+UNREADABLE_DEPTH = 2**31
 
 
 class MetadataError(ValueError):
@@ -50,6 +51,11 @@ class FileMetadata:
     ref_sha256: str | None = None
     delta_size: int | None = None
     delta_cmd: str | None = None
+    # Our extension (issue 8, `chain` strategy): hops a GET decodes to rebuild this delta. Absent
+    # (None) on a delta against reference.bin — depth 1, the layout the deltaglider CLI reads —
+    # so reference-strategy records stay byte-for-byte as before. A chained delta names its base
+    # object's filename in ref_path and the base's original SHA-256 in ref_sha256.
+    chain_depth: int | None = None
     # Checksums the client asked S3 to keep (algorithm -> base64 value), e.g. {"CRC32": "..."}.
     checksums: dict[str, str] = field(default_factory=dict)
 
@@ -60,6 +66,19 @@ class FileMetadata:
             bare = self.multipart_etag.strip('"')
             return f'"{bare}"'
         return f'"{self.md5}"'
+
+    @property
+    def depth(self) -> int:
+        """Decode hops to rebuild the object: 0 for full objects, 1 for a delta against
+        reference.bin, ``chain_depth`` for a delta against another delta."""
+        if self.note != "delta":
+            return 0
+        return self.chain_depth if self.chain_depth is not None else 1
+
+    @property
+    def base_name(self) -> str:
+        """The filename of a delta's base inside its deltaspace (``reference.bin`` or a user object)."""
+        return self.ref_path or REFERENCE_NAME
 
     @property
     def stored_size(self) -> int:
@@ -156,6 +175,8 @@ def to_xattr_json(record: FileMetadata) -> bytes:
         doc["ref_sha256"] = record.ref_sha256 or ""
         doc["delta_size"] = record.delta_size or 0
         doc["delta_cmd"] = record.delta_cmd or DELTA_CMD_TEMPLATE.format(name=record.original_name)
+        if record.chain_depth is not None:
+            doc["chain_depth"] = record.chain_depth
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -198,6 +219,7 @@ def from_xattr_json(raw: bytes) -> FileMetadata:
             ref_sha256=doc.get("ref_sha256"),
             delta_size=int(doc["delta_size"]) if doc.get("delta_size") is not None else None,
             delta_cmd=doc.get("delta_cmd"),
+            chain_depth=int(doc["chain_depth"]) if doc.get("chain_depth") is not None else None,
             checksums=checksums,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -225,11 +247,15 @@ def to_s3_metadata(record: FileMetadata, *, prefix: str = "") -> dict[str, str]:
     if record.note == "reference":
         meta["dg-source-name"] = record.source_name or record.original_name
     elif record.note == "delta":
-        meta["dg-ref-path"] = record.ref_path or REFERENCE_NAME
-        meta["dg-ref-key"] = f"{prefix}/{REFERENCE_NAME}" if prefix else REFERENCE_NAME
+        base = record.ref_path or REFERENCE_NAME
+        meta["dg-ref-path"] = base
+        # The base's full key: the reference's for the CLI, a user key for a chained delta.
+        meta["dg-ref-key"] = f"{prefix}/{base}" if prefix else base
         meta["dg-ref-sha256"] = record.ref_sha256 or ""
         meta["dg-delta-size"] = str(record.delta_size or 0)
         meta["dg-delta-cmd"] = record.delta_cmd or DELTA_CMD_TEMPLATE.format(name=record.original_name)
+        if record.chain_depth is not None:
+            meta["dg-chain-depth"] = str(record.chain_depth)
     else:
         # The deltaglider CLI treats any object with dg-file-sha256 as a delta unless it says
         # dg-compression: none (its marker for direct uploads); without it, the CLI cannot
@@ -299,6 +325,10 @@ def from_s3_metadata(meta: Mapping[str, str]) -> FileMetadata | None:
     user = {k[len("user-") :]: v for k, v in meta.items() if k.startswith("user-")}
     user, checksums = _split_checksums(user)
     delta_size_text = _first(meta, "dg-delta-size", "delta-size") or "0"
+    depth_text = meta.get("dg-chain-depth", "")
+    if depth_text and not depth_text.isdigit():
+        # Refused by every reader (deeper than any chain may be), never served as raw VCDIFF.
+        depth_text = str(UNREADABLE_DEPTH)
     return FileMetadata(
         tool=tool,
         original_name=name if note != "reference" else (_first(meta, "dg-original-name") or name),
@@ -318,5 +348,6 @@ def from_s3_metadata(meta: Mapping[str, str]) -> FileMetadata | None:
         # Only deltas carry a delta size; None otherwise, as the xattr form reads back.
         delta_size=(int(delta_size_text) if delta_size_text.isdigit() else 0) if note == "delta" else None,
         delta_cmd=_first(meta, "dg-delta-cmd", "delta-cmd"),
+        chain_depth=int(depth_text) if depth_text and note == "delta" else None,
         checksums=checksums,
     )
