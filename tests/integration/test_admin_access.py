@@ -224,7 +224,7 @@ def test_lockout_after_failures_and_release_after_window(tmp_path: Path) -> None
         assert codes[-1] == (503, "SlowDown")
         assert all(status in (403, 503) for status, _ in codes)
         assert "event=brute_force_lockout" in proxy.log()
-        assert "action=login_failed | user= | target=InvalidAccessKeyId | ip=198.51.100.99" in proxy.log()
+        assert "action=login_failed | user= | target=invalid_access_key | ip=198.51.100.99" in proxy.log()
         metrics = requests.get(f"{proxy.endpoint}/_/metrics").text
         lockouts = "deltaglider_rate_limit_lockouts_total"
         assert _sample(metrics, lockouts, '{surface="admin_login"}') == 1

@@ -37,7 +37,7 @@ def test_unknown_access_key(proxy: ProxyServer) -> None:
     )
     with pytest.raises(ClientError) as exc:
         client.list_buckets()
-    assert exc.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    assert exc.value.response["Error"]["Code"] == "AccessDenied"  # no key oracle (§2.4.4 [D])
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 

@@ -389,7 +389,7 @@ def test_missing_authorization_is_access_denied(signed: SignedRequest) -> None:
 
 
 def test_unknown_access_key(signed: SignedRequest) -> None:
-    assert error_code(lambda: verify(signed, keys=Keys({}))) == "InvalidAccessKeyId"
+    assert error_code(lambda: verify(signed, keys=Keys({}))) == "AccessDenied"
 
 
 def test_sigv2_is_invalid_request(signed: SignedRequest) -> None:
@@ -634,7 +634,7 @@ def test_presigned_missing_parameter(name: str, code: str) -> None:
         ("X-Amz-Date", "20240301", "InvalidArgument"),
         ("X-Amz-Credential", "nodelimiter", "AccessDenied"),
         ("X-Amz-Credential", f"{AKID}%2F20240301%2Fus-east-1%2Fsts%2Faws4_request", "InvalidArgument"),
-        ("X-Amz-Credential", "NOSUCHKEY%2F20240301%2Fus-east-1%2Fs3%2Faws4_request", "InvalidAccessKeyId"),
+        ("X-Amz-Credential", "NOSUCHKEY%2F20240301%2Fus-east-1%2Fs3%2Faws4_request", "AccessDenied"),
         ("X-Amz-Credential", f"{AKID}%2F20240302%2Fus-east-1%2Fs3%2Faws4_request", "SignatureDoesNotMatch"),
         ("X-Amz-SignedHeaders", "x-amz-date", "AccessDenied"),
         ("X-Amz-Signature", "0" * 64, "SignatureDoesNotMatch"),

@@ -30,6 +30,8 @@ class S3Error(Exception):
         self.message = message
         self.resource = resource
         self.headers = headers or {}
+        # Why, for metrics and logs only, when one client-facing code covers several causes.
+        self.reason = ""
 
 
 class ErrorKind:
@@ -71,6 +73,16 @@ InvalidAccessKeyId = _make(
     "InvalidAccessKeyId", 403, "The AWS access key ID you provided does not exist in our records."
 )
 InvalidArgument = _make("InvalidArgument", 400, "Invalid Argument")
+
+
+def unknown_access_key() -> S3Error:
+    """An access key nobody has: answered as ``AccessDenied`` like a wrong signature, so the answer
+    does not tell which keys exist (control-plane.md §2.4.4 [D]); ``reason`` keeps the cause."""
+    error = AccessDenied()
+    error.reason = "invalid_access_key"
+    return error
+
+
 InvalidBucketName = _make("InvalidBucketName", 400, "The specified bucket is not valid.")
 InvalidDigest = _make("InvalidDigest", 400, "The Content-MD5 you specified is not valid.")
 InvalidPart = _make(

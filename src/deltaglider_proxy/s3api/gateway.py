@@ -93,7 +93,7 @@ async def _drain(req: S3Request) -> None:
 
 def _auth_failure_reason(exc: Exception, presigned: bool) -> str:
     """The ``reason`` label of ``deltaglider_auth_failures_total`` for a failed verification."""
-    if errors.InvalidAccessKeyId.matches(exc):
+    if isinstance(exc, errors.S3Error) and exc.reason == "invalid_access_key":
         return "invalid_access_key"
     if errors.SignatureDoesNotMatch.matches(exc):
         return "invalid_signature"
@@ -168,7 +168,7 @@ class S3Gateway:
             # A log line, not an audit-ring entry: S3 auth failures can be a flood (§2.4.1).
             security_log.info(
                 "AUDIT | action=login_failed | user= | target=%s | ip=%s | ua=%s | bucket=%s | path=%s",
-                exc.code,
+                exc.reason or exc.code,
                 req.client_ip,
                 sanitise(req.headers.get("user-agent", "")[:256]),
                 sanitise(req.bucket or ""),

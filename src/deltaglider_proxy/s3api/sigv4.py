@@ -258,7 +258,7 @@ def _check_signature(provided: str, expected: str) -> None:
 def _secret(creds: CredentialLookup, access_key_id: str) -> str:
     secret = creds.secret_for(access_key_id)
     if secret is None:
-        raise errors.InvalidAccessKeyId()
+        raise errors.unknown_access_key()
     return secret
 
 
@@ -385,7 +385,7 @@ def verify(
     ``now`` should be timezone-aware; a naive value is taken as UTC. Raises ``AccessDenied``
     (no credentials, missing date or presign parameters, unsigned ``host``, expired URL),
     ``InvalidArgument`` / ``InvalidRequest`` (malformed authentication data),
-    ``InvalidAccessKeyId``, ``RequestTimeTooSkewed`` or ``SignatureDoesNotMatch``.
+    ``AccessDenied`` (unknown key), ``RequestTimeTooSkewed`` or ``SignatureDoesNotMatch``.
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
