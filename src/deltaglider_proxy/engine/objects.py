@@ -23,7 +23,6 @@ from deltaglider_proxy.engine.references import ReferenceCache
 from deltaglider_proxy.engine.retrieve import DecodedFile, DeltaRetriever, IntegrityError
 from deltaglider_proxy.engine.spool import Spool, SpooledFile
 from deltaglider_proxy.engine.store import DeltaStore, StoreResult
-from deltaglider_proxy.engine.transfer import stream_file
 from deltaglider_proxy.storage.base import (
     Backend,
     BucketInfo,
@@ -33,6 +32,7 @@ from deltaglider_proxy.storage.base import (
     StoredObject,
     logical_sort_key,
 )
+from deltaglider_proxy.storage.local_files import stream_file
 from deltaglider_proxy.storage.metadata import (
     DELTA_SUFFIX,
     REFERENCE_NAME,

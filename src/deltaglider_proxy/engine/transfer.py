@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 BATCH_BYTES = 4 * 1024 * 1024
-READ_BYTES = 1024 * 1024
 
 
 async def stream_to_file(stream: AsyncIterator[bytes], path: Path) -> tuple[int, str]:
@@ -53,21 +52,3 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(BATCH_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-async def stream_file(path: Path, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-    """Bytes [start, end) of a local file, read in a worker thread one piece at a time."""
-    handle = await asyncio.to_thread(open, path, "rb")
-    try:
-        await asyncio.to_thread(handle.seek, start)
-        remaining = None if end is None else end - start
-        while remaining is None or remaining > 0:
-            size = READ_BYTES if remaining is None else min(READ_BYTES, remaining)
-            chunk = await asyncio.to_thread(handle.read, size)
-            if not chunk:
-                break
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-    finally:
-        handle.close()

@@ -37,7 +37,6 @@ from deltaglider_proxy.storage.base import (
     StoredObject,
 )
 from deltaglider_proxy.storage.encryption_io import (
-    BATCH_BYTES,
     batched,
     check_key,
     decrypt_single_shot_file,
@@ -46,6 +45,7 @@ from deltaglider_proxy.storage.encryption_io import (
     stream_to_file,
     unlink_all,
 )
+from deltaglider_proxy.storage.local_files import stream_file
 from deltaglider_proxy.storage.metadata import FileMetadata
 
 log = logging.getLogger(__name__)
@@ -365,18 +365,8 @@ class EncryptedBackend:
             except ef.EncryptionError as exc:
                 self._fail(bucket, name, stamped, str(exc))
             await asyncio.to_thread(sealed.unlink, True)
-            handle = await asyncio.to_thread(open, opened, "rb")
-            with handle:
-                await asyncio.to_thread(handle.seek, max(start, 0))
-                remaining = None if end is None else end - max(start, 0)
-                while remaining is None or remaining > 0:
-                    want = BATCH_BYTES if remaining is None else min(BATCH_BYTES, remaining)
-                    chunk = await asyncio.to_thread(handle.read, want)
-                    if not chunk:
-                        break
-                    if remaining is not None:
-                        remaining -= len(chunk)
-                    yield chunk
+            async for chunk in stream_file(opened, max(start, 0), end):
+                yield chunk
         finally:
             await asyncio.to_thread(unlink_all, sealed, opened)
 
