@@ -114,6 +114,23 @@ def read(s3: Any, bucket: str, key: str) -> bytes:
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def test_siblings_of_the_first_version_stay_one_hop_deep(
+    cproxy: ProxyServer, stored: StoredLayout, cs3: Any, space: str
+) -> None:
+    # Each version edits the first one, not the previous: the previous is no better a base than
+    # reference.bin, so a chain would only add hops to every read.
+    rng = random.Random(5)
+    base = rng.randbytes(MIB)
+    versions = [base, *(edited(base, rng, edits=40) for _ in range(5))]
+    for number, body in enumerate(versions):
+        cs3.put_object(Bucket="deep", Key=f"{space}/v{number}.zip", Body=body)
+    depths = [record(stored, "deep", f"{space}/v{n}.zip.delta")["depth"] for n in range(len(versions))]
+    assert depths == ["1"] * len(versions)
+    assert {record(stored, "deep", f"{space}/v{n}.zip.delta")["ref"] for n in range(6)} == {"reference.bin"}
+    for number, body in enumerate(versions):
+        assert read(cs3, "deep", f"{space}/v{number}.zip") == body
+
+
 def test_versions_chain_against_the_previous_one(
     cproxy: ProxyServer, stored: StoredLayout, cs3: Any, space: str
 ) -> None:

@@ -265,6 +265,9 @@ class DeltaStore:
         body_sketch: asyncio.Task[Sketch] | None = None
         rejected = Rejected("dissimilar", None)
         try:
+            if not minted and len(candidates) > 1:
+                body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
+                candidates = await self._shallowest_first(bucket, key, candidates, body_sketch)
             for candidate in candidates:
                 if not minted and body_sketch is None:
                     body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
@@ -289,6 +292,26 @@ class DeltaStore:
         finally:
             if body_sketch is not None and not body_sketch.done():
                 body_sketch.cancel()
+
+    async def _shallowest_first(
+        self, bucket: str, key: ObjectKey, candidates: list[Candidate], body: asyncio.Task[Sketch]
+    ) -> list[Candidate]:
+        """reference.bin first when the tip is no more similar to the body than reference.bin is.
+
+        Then the chain buys nothing (Django's tarballs: every version as close to the first as to
+        the previous, 91.4 % saved either way) and only costs reads: one hop instead of a walk
+        down the whole chain. A tip that is more similar keeps its place (pip's wheels drift)."""
+        scores: list[float] = []
+        for candidate in (candidates[0], candidates[-1]):
+            try:
+                async with self.chains.content(bucket, key.prefix, candidate.levels) as base_path:
+                    base_sketch = await self._reference_sketch(candidate.base.sha256, base_path)
+            except ChainBroken:
+                return candidates  # the loop reports it and falls back
+            scores.append(containment(base_sketch, await body))
+        if scores[1] >= scores[0]:
+            return [candidates[-1], *candidates[:-1]]
+        return candidates
 
     async def _mint_reference(
         self, bucket: str, key: ObjectKey, body: SpooledFile, record: FileMetadata
