@@ -399,3 +399,36 @@ def test_logins_sessions_and_users_reach_metrics_and_readiness(server: ProxyServ
     assert ready.status_code == 200 and ready.json()["config_db"] == "ready"
     admin.ok("DELETE", f"/users/{user['id']}", status=204)
     assert _sample(scrape(), "deltaglider_iam_users") == users - 1
+
+
+def test_every_iam_mutation_and_denial_is_audited(server: ProxyServer) -> None:
+    admin = Admin(server.endpoint)
+    assert admin.login().status_code == 200
+    user = admin.create_user("auditee", [allow(["read", "list"], ["audit-bucket/*"])])
+    admin.ok("PUT", f"/users/{user['id']}", {"permissions": [allow(["read", "list"], ["audit-bucket/*"])]})
+    rotated = admin.ok("POST", f"/users/{user['id']}/rotate-keys", {})
+    group = admin.create_group("auditors", [allow(["list"], ["audit-bucket/*"])], [])
+    admin.ok("PUT", f"/groups/{group['id']}", {"description": "reads the audit bucket"})
+    admin.ok("POST", f"/groups/{group['id']}/members", {"user_id": user["id"]})
+    admin.call("DELETE", f"/groups/{group['id']}/members/{user['id']}")
+    with pytest.raises(ClientError):
+        s3_for(server.endpoint, rotated).put_object(Bucket="audit-bucket", Key="nope.txt", Body=b"x")
+    assert admin.call("POST", "/logout").status_code in (200, 204)
+    assert admin.login().status_code == 200
+    entries = admin.ok("GET", "/audit?limit=50")["entries"]
+    seen = {(e["action"], e["user"], e["target"]) for e in entries}
+    membership = f"group:{group['id']}+user:{user['id']}"
+    for expected in (
+        ("update_user", "bootstrap", "auditee"),
+        ("rotate_keys", "bootstrap", "auditee"),
+        ("update_group", "bootstrap", "auditors"),
+        ("add_member", "bootstrap", membership),
+        ("remove_member", "bootstrap", membership),
+        ("access_denied", "auditee", "Write"),
+    ):
+        assert expected in seen, (expected, seen)
+    denied = next(e for e in entries if e["action"] == "access_denied")
+    assert (denied["bucket"], denied["path"]) == ("audit-bucket", "nope.txt")
+    assert any(action == "logout" and who == "bootstrap" for action, who, _ in seen)
+    admin.ok("DELETE", f"/groups/{group['id']}", status=204)
+    admin.ok("DELETE", f"/users/{user['id']}", status=204)

@@ -44,6 +44,33 @@ def request_context(call: Call) -> dict[str, str]:
 
 
 def authorize(call: Call) -> None:
+    """Raise AccessDenied unless the call's principal may make this request (and audit a denial)."""
+    try:
+        _authorize(call)
+    except errors.S3Error as exc:
+        req = call.req
+        if errors.AccessDenied.matches(exc) and req.bucket is not None:
+            _audit_denial(call, verb_for(req.method, req.bucket, req.key, req.query), req.bucket, req.key)
+        raise
+
+
+def _audit_denial(call: Call, verb: str, bucket: str, key: str | None) -> None:
+    """control-plane.md §10.2 ``access_denied``: who, which verb, on what."""
+    if call.principal is None:
+        return
+    req = call.req
+    call.services.audit.record(
+        "access_denied",
+        user=call.principal.name,
+        target=verb.capitalize(),
+        ip=req.client_ip,
+        ua=req.headers.get("user-agent", ""),
+        bucket=bucket,
+        path=key or "",
+    )
+
+
+def _authorize(call: Call) -> None:
     principal = call.principal
     req = call.req
     if principal is None or req.bucket is None:
@@ -79,6 +106,7 @@ def may(call: Call, verb: str, bucket: str, key: str | None) -> bool:
 
 def require(call: Call, verb: str, bucket: str, key: str | None) -> None:
     if not may(call, verb, bucket, key):
+        _audit_denial(call, verb, bucket, key)
         raise errors.AccessDenied()
 
 
