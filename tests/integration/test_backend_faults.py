@@ -72,3 +72,30 @@ def test_backend_outage_gives_s3_errors_and_recovers(tmp_path: Path) -> None:
     finally:
         outer.stop()
         inner.stop()
+
+
+def test_a_get_costs_the_backend_one_get_and_the_two_lookups(tmp_path: Path) -> None:
+    """Reads of plaintext objects take their record from the GetObject answer itself: a GET
+    through the proxy is the engine's two HEADs (delta and plain name) plus one GetObject."""
+    from tests.support.backends import MOTO_KEY, MOTO_SECRET
+    from tests.support.s3servers import FaultProxy, MotoServer
+
+    moto = MotoServer().start()
+    counter = FaultProxy(moto.port).start()
+    backend = BackendUnderTest("moto", tmp_path, counter.endpoint, MOTO_KEY, MOTO_SECRET)
+    proxy = started_proxy(backend, tmp_path / "proxy", env={"DGP_DELTA_ENCODING": "inline"})
+    try:
+        s3 = make_client(proxy.endpoint)
+        s3.create_bucket(Bucket="counted")
+        body = random.Random(9).randbytes(300_000)
+        s3.put_object(Bucket="counted", Key="notes/plain.txt", Body=body)
+        heads, gets = counter.calls("HEAD"), counter.calls("GET")
+        assert s3.get_object(Bucket="counted", Key="notes/plain.txt")["Body"].read() == body
+        seen = counter.requests[-(counter.calls("HEAD") - heads + counter.calls("GET") - gets):]
+        assert (counter.calls("HEAD") - heads, counter.calls("GET") - gets) == (2, 1), seen
+        ranged = s3.get_object(Bucket="counted", Key="notes/plain.txt", Range="bytes=100-199")
+        assert ranged["Body"].read() == body[100:200]
+    finally:
+        proxy.stop()
+        counter.stop()
+        moto.stop()

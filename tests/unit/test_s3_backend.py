@@ -304,6 +304,37 @@ def test_write_head_read_round_trip_keeps_the_record(
     assert meta["dg-created-at"] == "2024-05-06T07:08:09.123456Z"
 
 
+def test_open_read_answers_record_and_bytes_with_one_get(
+    moto: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    proxy = FaultProxy(moto.port).start()
+    data = os.urandom(300_000)
+    record = record_for("o.bin", data, user_metadata={"k": "v"})
+    try:
+
+        async def scenario(backend: S3Backend) -> tuple[Any, bytes, Any, bytes, int, int]:
+            await backend.write(bucket, "o.bin", source_file(tmp_path, data), record)
+            heads, gets = proxy.calls("HEAD"), proxy.calls("GET")
+            got, body = await backend.open_read(bucket, "o.bin", 10, 20_010)
+            part = b"".join([chunk async for chunk in body])
+            body.close()
+            unread, unread_body = await backend.open_read(bucket, "o.bin")
+            unread_body.close()  # closed without reading a byte: the connection is released
+            _, past_end = await backend.open_read(bucket, "o.bin", len(data) + 5)
+            tail = b"".join([chunk async for chunk in past_end])
+            return got, part, unread, tail, proxy.calls("HEAD") - heads, proxy.calls("GET") - gets
+
+        got, part, unread, tail, heads, gets = run_with(make_backend(proxy.endpoint), scenario)
+        assert part == data[10:20_010] and tail == b""
+        assert_same_record(got, record)
+        assert_same_record(unread, record)
+        assert heads == 0 and gets == 3  # the record came with the bytes
+        with pytest.raises(ObjectNotFound):
+            run_with(make_backend(proxy.endpoint), lambda b: b.open_read(bucket, "absent.bin"))
+    finally:
+        proxy.stop()
+
+
 def test_ranges(moto: MotoServer, bucket: str, tmp_path: Path) -> None:
     data = bytes(range(256)) * 40  # 10240 bytes
     source = source_file(tmp_path, data)

@@ -227,13 +227,20 @@ class ObjectEngine:
         return _info_from_stored(key.key, stored)
 
     async def open(
-        self, bucket: str, raw_key: str, start: int = 0, end: int | None = None
+        self,
+        bucket: str,
+        raw_key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        known: ObjectInfo | None = None,
     ) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
         """The object's info and a stream of bytes [start, end) of its logical content.
 
-        A delta object is rebuilt and verified before this returns, so a failure is still an
-        error response rather than a broken body."""
-        info = await self.head(bucket, raw_key)
+        ``known`` is the caller's own fresh :meth:`head` of it (the GET that just evaluated its
+        conditions), so the backend is not asked twice. A delta object is rebuilt and verified
+        before this returns, so a failure is still an error response rather than a broken body."""
+        info = known if known is not None else await self.head(bucket, raw_key)
         if info.storage_type == "delta" and info.record is not None:
             key = parse_key(raw_key)
             decoded = await self.retriever.rebuild(bucket, key, info.record)

@@ -248,7 +248,19 @@ class EncryptedBackend:
     ) -> AsyncIterator[bytes]:
         """Plaintext bytes [start, end) of the object (see the module docstring)."""
         # The record decides how to read, so it is looked up fresh for every read: a cached one
-        # could let an object replaced by its encrypted version be served as plaintext.
+        # could let an object replaced by its encrypted version be served as plaintext. A backend
+        # that answers a read with the record (S3's GetObject) is asked once, optimistically for
+        # plaintext; only a marked (encrypted) answer costs the HEAD and the frame-exact reads.
+        opener = getattr(self.inner, "open_read", None)
+        if opener is not None and not (start > 0 and self.policy.ring.known_ids):
+            record, body = await opener(bucket, name, start, end)
+            try:
+                if markers_of(record)[0] is None:
+                    async for chunk in self._checked_unmarked(bucket, name, start, body):
+                        yield chunk
+                    return
+            finally:
+                body.close()
         stored = await self.inner.head(bucket, name)
         if stored is None:
             raise ObjectNotFound(name)
@@ -296,8 +308,17 @@ class EncryptedBackend:
             # request per range is not worth it (upstream checks no ranges at all).
             head = b"".join([c async for c in self.inner.read(bucket, name, 0, len(ef.MAGIC))])
             self._refuse_magic(bucket, name, head)
+        async for chunk in self._checked_unmarked(
+            bucket, name, start, self.inner.read(bucket, name, start, end)
+        ):
+            yield chunk
+
+    async def _checked_unmarked(
+        self, bucket: str, name: str, start: int, stream: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """``stream`` (bytes from ``start`` of an unmarked object), refused if it starts with our magic."""
         first = start == 0
-        async for chunk in self.inner.read(bucket, name, start, end):
+        async for chunk in stream:
             if first:
                 first = False
                 head = chunk

@@ -279,6 +279,35 @@ def _plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class OpenBody:
+    """The bytes of one GetObject answer, read piece by piece; ``close`` releases the connection
+    (or drops it, when the reader stopped early)."""
+
+    def __init__(self, body: Any, bucket: str, name: str) -> None:
+        self._body = body
+        self._bucket = bucket
+        self._name = name
+
+    def __aiter__(self) -> OpenBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._body is None:
+            raise StopAsyncIteration
+        try:
+            chunk: bytes = await self._body.read(CHUNK_SIZE)
+        except CLIENT_ERRORS as exc:
+            raise to_storage_error(exc, "GetObject", self._bucket, self._name) from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+
 class S3Backend:
     """Backend storing each bucket as a bucket of an S3-compatible service (module docstring).
 
@@ -540,9 +569,23 @@ class S3Backend:
         self, bucket: str, name: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) with one ranged GetObject."""
+        _record, body = await self.open_read(bucket, name, start, end)
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            body.close()
+
+    async def open_read(
+        self, bucket: str, name: str, start: int = 0, end: int | None = None
+    ) -> tuple[FileMetadata | None, OpenBody]:
+        """One ranged GetObject, sent now: the record the object had when it answered (None when
+        it has none, or for an empty range) and its bytes [start, end). The caller closes the
+        body, also when it reads none of it — a wrapper that needs the record before it can
+        decide how to read saves a HeadObject per read this way."""
         start = max(start, 0)
         if end is not None and end <= start:
-            return
+            return None, OpenBody(None, bucket, name)
         request: GetObjectRequestTypeDef = {"Bucket": bucket, "Key": name}
         if start > 0 or end is not None:
             request["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
@@ -550,23 +593,12 @@ class S3Backend:
             response = await self._s3.get_object(**request)
         except CLIENT_ERRORS as exc:
             if http_status(exc) == 416:
-                return  # the range starts at or past the end: nothing to send
+                return None, OpenBody(None, bucket, name)  # the range starts at or past the end
             if error_code(exc) != "NoSuchBucket" and is_not_found(exc):
                 raise ObjectNotFound(name) from None
             raise to_storage_error(exc, "GetObject", bucket, name) from exc
-        body = response["Body"]
-        try:
-            while True:
-                try:
-                    chunk = await body.read(CHUNK_SIZE)
-                except CLIENT_ERRORS as exc:
-                    raise to_storage_error(exc, "GetObject", bucket, name) from exc
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            # Releases the connection (or drops it, when the reader stopped early).
-            body.close()
+        record = _parse_record(bucket, name, read_metadata(response.get("Metadata", {})))
+        return record, OpenBody(response["Body"], bucket, name)
 
     # -- objects: writing -----------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ async def get_object(call: Call) -> Response:
             content_range = dict(response.headers)["content-range"]
             first, last = content_range.split(" ", 1)[1].split("/", 1)[0].split("-")
             start, end = int(first), int(last) + 1
-        _, stream = await call.services.engine.open(call.bucket, call.key, start, end)
+        _, stream = await call.services.engine.open(call.bucket, call.key, start, end, known=info)
         response.stream = stream
     return response
 
