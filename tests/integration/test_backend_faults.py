@@ -91,7 +91,7 @@ def test_a_get_costs_the_backend_one_get_and_the_two_lookups(tmp_path: Path) -> 
         s3.put_object(Bucket="counted", Key="notes/plain.txt", Body=body)
         heads, gets = counter.calls("HEAD"), counter.calls("GET")
         assert s3.get_object(Bucket="counted", Key="notes/plain.txt")["Body"].read() == body
-        seen = counter.requests[-(counter.calls("HEAD") - heads + counter.calls("GET") - gets):]
+        seen = counter.requests[-(counter.calls("HEAD") - heads + counter.calls("GET") - gets) :]
         assert (counter.calls("HEAD") - heads, counter.calls("GET") - gets) == (2, 1), seen
         ranged = s3.get_object(Bucket="counted", Key="notes/plain.txt", Range="bytes=100-199")
         assert ranged["Body"].read() == body[100:200]

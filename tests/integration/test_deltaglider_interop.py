@@ -42,6 +42,7 @@ from botocore.config import Config
 
 import deltaglider_proxy
 from tests.conftest import make_client
+from tests.integration.test_delta import edited
 from tests.support.deltaglider_cli import DeltagliderCli, ensure_deltaglider_cli
 from tests.support.s3servers import MotoServer
 from tests.support.server import PROXY_BIN, ProxyServer
@@ -521,10 +522,21 @@ def test_cli_and_proxy_extend_each_others_deltaspaces(
 
 
 def test_chain_bucket_is_refused_by_the_cli_until_repacked_to_reference(
-    moto: MotoServer, raw: Any, cli: DeltagliderCli, artifacts: list[Artifact], tmp_path: Path
+    moto: MotoServer, raw: Any, cli: DeltagliderCli, tmp_path: Path
 ) -> None:
     """A chained delta is not readable by the CLI — it refuses (reference SHA mismatch), never
     writes wrong bytes; ``repack --strategy reference`` makes the whole prefix CLI-readable."""
+    # Versions that each edit the previous one (drifting): the chain strategy bases each on the
+    # previous. (The release zips of the other tests all edit one base: they stay one hop deep.)
+    rng = random.Random(62)
+    bodies = [rng.randbytes(400_000)]
+    for _ in range(VERSION_COUNT - 1):
+        bodies.append(edited(bodies[-1], rng, edits=40))
+    chained = []
+    for number, body in enumerate(bodies, 1):
+        path = tmp_path / f"lib-2.0.{number}.zip"
+        path.write_bytes(body)
+        chained.append(Artifact(path.name, path, body))
     raw.create_bucket(Bucket="chainy")
     config = tmp_path / "chain.yaml"
     config.write_text("storage:\n  buckets:\n    chainy:\n      delta_strategy: chain\n")
@@ -540,14 +552,14 @@ def test_chain_bucket_is_refused_by_the_cli_until_repacked_to_reference(
     server = ProxyServer(data_dir=tmp_path / "data", env=env, args=["--config", str(config)]).start()
     try:
         s3 = make_client(server.endpoint)
-        for artifact in zips(artifacts):
+        for artifact in chained:
             s3.put_object(Bucket="chainy", Key=f"rel/{artifact.name}", Body=artifact.data)
     finally:
         server.stop()
-    last = zips(artifacts)[-1]
+    last = chained[-1]
     meta = raw.head_object(Bucket="chainy", Key=f"rel/{last.name}.delta")["Metadata"]
     assert meta["dg-chain-depth"] == str(VERSION_COUNT - 1)
-    assert meta["dg-ref-key"] == f"rel/{zips(artifacts)[-2].name}"
+    assert meta["dg-ref-key"] == f"rel/{chained[-2].name}"
     refused_path = tmp_path / "refused.zip"
     refused = cli.raw("cp", f"s3://chainy/rel/{last.name}", str(refused_path), *cli._endpoint_args())
     assert refused.returncode != 0
@@ -565,7 +577,7 @@ def test_chain_bucket_is_refused_by_the_cli_until_repacked_to_reference(
     )
     assert done.returncode == 0, done.stderr
     assert "stored bytes after" in done.stdout
-    for artifact in zips(artifacts):
+    for artifact in chained:
         dest = tmp_path / "cli" / artifact.name
         cli.download("chainy", f"rel/{artifact.name}", dest)
         assert sha256(dest.read_bytes()) == artifact.sha256
