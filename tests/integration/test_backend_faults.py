@@ -74,16 +74,34 @@ def test_backend_outage_gives_s3_errors_and_recovers(tmp_path: Path) -> None:
         inner.stop()
 
 
-def test_a_get_costs_the_backend_one_get_and_the_two_lookups(tmp_path: Path) -> None:
+ENCRYPTING = """
+storage:
+  backend_encryption:
+    mode: aes256-gcm-proxy
+"""
+
+
+@pytest.mark.parametrize(("encrypting", "lookups"), [(False, 2), (True, 3)])
+def test_a_get_costs_the_backend_one_get_and_the_lookups(
+    tmp_path: Path, encrypting: bool, lookups: int
+) -> None:
     """Reads of plaintext objects take their record from the GetObject answer itself: a GET
-    through the proxy is the engine's two HEADs (delta and plain name) plus one GetObject."""
+    through the proxy is the engine's two HEADs (delta and plain name) plus one GetObject. An
+    encrypting backend looks the record up first (its objects are encrypted) and wastes no GET."""
     from tests.support.backends import MOTO_KEY, MOTO_SECRET
     from tests.support.s3servers import FaultProxy, MotoServer
 
     moto = MotoServer().start()
     counter = FaultProxy(moto.port).start()
     backend = BackendUnderTest("moto", tmp_path, counter.endpoint, MOTO_KEY, MOTO_SECRET)
-    proxy = started_proxy(backend, tmp_path / "proxy", env={"DGP_DELTA_ENCODING": "inline"})
+    env = {"DGP_DELTA_ENCODING": "inline"}
+    args: list[str] = []
+    if encrypting:
+        config = tmp_path / "encrypting.yaml"
+        config.write_text(ENCRYPTING)
+        env["DGP_ENCRYPTION_KEY"] = "5e" * 32
+        args = ["-c", str(config)]
+    proxy = started_proxy(backend, tmp_path / "proxy", env=env, args=args)
     try:
         s3 = make_client(proxy.endpoint)
         s3.create_bucket(Bucket="counted")
@@ -92,7 +110,7 @@ def test_a_get_costs_the_backend_one_get_and_the_two_lookups(tmp_path: Path) -> 
         heads, gets = counter.calls("HEAD"), counter.calls("GET")
         assert s3.get_object(Bucket="counted", Key="notes/plain.txt")["Body"].read() == body
         seen = counter.requests[-(counter.calls("HEAD") - heads + counter.calls("GET") - gets) :]
-        assert (counter.calls("HEAD") - heads, counter.calls("GET") - gets) == (2, 1), seen
+        assert (counter.calls("HEAD") - heads, counter.calls("GET") - gets) == (lookups, 1), seen
         ranged = s3.get_object(Bucket="counted", Key="notes/plain.txt", Range="bytes=100-199")
         assert ranged["Body"].read() == body[100:200]
     finally:

@@ -248,11 +248,14 @@ class EncryptedBackend:
     ) -> AsyncIterator[bytes]:
         """Plaintext bytes [start, end) of the object (see the module docstring)."""
         # The record decides how to read, so it is looked up fresh for every read: a cached one
-        # could let an object replaced by its encrypted version be served as plaintext. A backend
-        # that answers a read with the record (S3's GetObject) is asked once, optimistically for
-        # plaintext; only a marked (encrypted) answer costs the HEAD and the frame-exact reads.
+        # could let an object replaced by its encrypted version be served as plaintext. Where this
+        # backend writes plaintext, objects are expected unmarked: a backend that answers a read
+        # with the record (S3's GetObject) is asked once, optimistically; only a marked answer then
+        # costs the HEAD and the frame-exact reads. Where it encrypts, almost every object is
+        # marked, so that guess would waste a GET: the HEAD comes first, as it must.
         opener = getattr(self.inner, "open_read", None)
-        if opener is not None and not (start > 0 and self.policy.ring.known_ids):
+        optimistic = self.policy.write_key is None and not (start > 0 and self.policy.ring.known_ids)
+        if opener is not None and optimistic:
             record, body = await opener(bucket, name, start, end)
             try:
                 if markers_of(record)[0] is None:
