@@ -26,9 +26,14 @@ ALL_BUCKETS_CACHE_SECONDS = 10.0
 ALL_BUCKETS_LIMIT = 1000
 
 
-def _signed(scope: Scope) -> bool:
-    headers = collect_headers(scope.get("headers", []))
-    return "authorization" in headers or b"X-Amz-Signature=" in scope.get("query_string", b"")
+def _signed_request(scope: Scope) -> SignedRequest:
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    return SignedRequest(
+        method=scope["method"],
+        raw_path=raw_path.decode("latin-1").split("?", 1)[0],
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=collect_headers(scope.get("headers", [])),
+    )
 
 
 def _json(status: int, doc: dict[str, object]) -> Response:
@@ -65,7 +70,11 @@ class AdminRoutes:
                 response = self.metrics.response(
                     collect_headers(scope.get("headers", [])).get("authorization", "")
                 )
-            elif path == "/_/api/admin/audit" and method == "GET" and (self.api is None or _signed(scope)):
+            elif (
+                path == "/_/api/admin/audit"
+                and method == "GET"
+                and (self.api is None or has_credentials(_signed_request(scope)))
+            ):
                 # Automation may sign with SigV4 (an admin principal); a browser uses its session.
                 self._authorise(scope)
                 response = audit_entries(
@@ -91,13 +100,7 @@ class AdminRoutes:
         access = self.services.access
         if access.mode == "open":
             return
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        signed = SignedRequest(
-            method=scope["method"],
-            raw_path=raw_path.decode("latin-1").split("?", 1)[0],
-            query_string=scope.get("query_string", b"").decode("latin-1"),
-            headers=collect_headers(scope.get("headers", [])),
-        )
+        signed = _signed_request(scope)
         if not has_credentials(signed):
             raise errors.AccessDenied()
         auth = verify(
