@@ -13,7 +13,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import make_client
-from tests.support.backends import MOTO_KEY, MOTO_SECRET
+from tests.support.backends import MOTO_KEY, MOTO_SECRET, BackendUnderTest
 from tests.support.s3servers import MotoServer
 from tests.support.server import ProxyServer
 
@@ -74,10 +74,7 @@ def test_readiness_follows_the_s3_backend(tmp_path: Path) -> None:
     proxy = ProxyServer(
         data_dir=tmp_path / "data",
         env={
-            "DGP_S3_ENDPOINT": moto.endpoint,
-            "DGP_BE_AWS_ACCESS_KEY_ID": MOTO_KEY,
-            "DGP_BE_AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
-            "DGP_STATE_DIR": str(tmp_path / "state"),
+            **BackendUnderTest("moto", tmp_path, moto.endpoint, MOTO_KEY, MOTO_SECRET).proxy_env(tmp_path),
             "DGP_READY_TIMEOUT_SECS": "2",
             "DGP_READY_RETRIES": "0",
         },
@@ -123,10 +120,7 @@ def test_ready_answers_from_cache_within_its_ttl(tmp_path: Path) -> None:
     proxy = ProxyServer(
         data_dir=tmp_path / "data",
         env={
-            "DGP_S3_ENDPOINT": moto.endpoint,
-            "DGP_BE_AWS_ACCESS_KEY_ID": MOTO_KEY,
-            "DGP_BE_AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
-            "DGP_STATE_DIR": str(tmp_path / "state"),
+            **BackendUnderTest("moto", tmp_path, moto.endpoint, MOTO_KEY, MOTO_SECRET).proxy_env(tmp_path),
             "DGP_READY_CACHE_TTL_SECS": "600",
         },
     )

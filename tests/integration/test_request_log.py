@@ -18,6 +18,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import make_client
+from tests.support.backends import BackendUnderTest
 from tests.support.s3servers import MotoServer
 from tests.support.server import ACCESS_KEY, SECRET_KEY, ProxyServer
 from tests.support.signing import presigned_url, signed_headers
@@ -59,10 +60,7 @@ def server(moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     server = ProxyServer(
         data_dir=root / "data",
         env={
-            "DGP_S3_ENDPOINT": moto.endpoint,
-            "DGP_BE_AWS_ACCESS_KEY_ID": BACKEND_KEY,
-            "DGP_BE_AWS_SECRET_ACCESS_KEY": BACKEND_SECRET,
-            "DGP_STATE_DIR": str(root / "state"),
+            **BackendUnderTest("moto", root, moto.endpoint, BACKEND_KEY, BACKEND_SECRET).proxy_env(root),
             "DGP_LOG_LEVEL": "debug",
             "DGP_METRICS_TOKEN": METRICS_TOKEN,
             "DGP_DELTA_ENCODING": "inline",
