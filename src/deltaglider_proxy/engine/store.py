@@ -263,14 +263,13 @@ class DeltaStore:
         else:
             candidates = await self.chooser.candidates(bucket, key, policy, reference)
         body_sketch: asyncio.Task[Sketch] | None = None
+        if not minted:
+            body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
         rejected = Rejected("dissimilar", None)
         try:
-            if not minted and len(candidates) > 1:
-                body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
+            if body_sketch is not None and len(candidates) > 1:
                 candidates = await self._shallowest_first(bucket, key, candidates, body_sketch)
             for candidate in candidates:
-                if not minted and body_sketch is None:
-                    body_sketch = asyncio.ensure_future(asyncio.to_thread(sketch_file, source))
                 try:
                     async with self.chains.content(bucket, key.prefix, candidate.levels) as base_path:
                         if body_sketch is not None:
