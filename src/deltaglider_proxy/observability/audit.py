@@ -83,6 +83,35 @@ def ring_size_from_env(environ: dict[str, str] | None = None) -> int:
     return size if size > 0 else DEFAULT_RING_SIZE
 
 
+def new_entry(
+    action: str,
+    *,
+    user: str = "",
+    target: str = "",
+    ip: str = "",
+    ua: str = "",
+    bucket: str = "",
+    path: str = "",
+) -> AuditEntry:
+    """An entry stamped now, every field sanitised alike and the User-Agent cut at 256 bytes."""
+    return AuditEntry(
+        timestamp=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        action=sanitise(action),
+        user=sanitise(user),
+        target=sanitise(target),
+        ip=sanitise(ip or "unknown"),
+        ua=sanitise(_truncate_utf8(ua, MAX_USER_AGENT_BYTES)),
+        bucket=sanitise(bucket),
+        path=sanitise(path),
+    )
+
+
+def log_entry(entry: AuditEntry) -> None:
+    """The entry's INFO line; also the whole of a log-only event (§10.2: SigV4 login failures)."""
+    # Flat fields, so a JSON log carries the audit fields as keys (control-plane.md §10.3).
+    log.info(entry.log_line(), extra={"audit": True, **asdict(entry)})
+
+
 class AuditRing:
     """Process-wide, thread-safe ring of the most recent audit entries."""
 
@@ -114,16 +143,7 @@ class AuditRing:
         bucket: str = "",
         path: str = "",
     ) -> AuditEntry:
-        entry = AuditEntry(
-            timestamp=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            action=sanitise(action),
-            user=sanitise(user),
-            target=sanitise(target),
-            ip=sanitise(ip or "unknown"),
-            ua=sanitise(_truncate_utf8(ua, MAX_USER_AGENT_BYTES)),
-            bucket=sanitise(bucket),
-            path=sanitise(path),
-        )
+        entry = new_entry(action, user=user, target=target, ip=ip, ua=ua, bucket=bucket, path=path)
         with self._lock:
             self._entries.append(entry)
             self.recorded += 1
@@ -131,8 +151,7 @@ class AuditRing:
                 self._lines.put((json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8"))
         if self.observer is not None:
             self.observer(entry.action)
-        # Flat fields, so a JSON log carries the audit fields as keys (control-plane.md §10.3).
-        log.info(entry.log_line(), extra={"audit": True, **asdict(entry)})
+        log_entry(entry)
         return entry
 
     def _write_mirror(self) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from deltaglider_proxy.engine.keys import bucket_name_valid
-from deltaglider_proxy.observability.audit import sanitise
+from deltaglider_proxy.observability.audit import log_entry, new_entry
 from deltaglider_proxy.observability.logs import request_id_var
 from deltaglider_proxy.observability.metrics import operation_label
 from deltaglider_proxy.policy.quotas import BucketFrozen, QuotaExceeded
@@ -40,7 +40,6 @@ from deltaglider_proxy.s3api.http import (
 from deltaglider_proxy.s3api.sigv4 import SignedRequest, has_credentials, verify
 
 log = logging.getLogger("deltaglider_proxy.access")
-security_log = logging.getLogger("deltaglider_proxy.audit")
 COMMON_HEADERS = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
 DRAIN_LIMIT = 1024 * 1024
 # Handlers whose success is an audited S3 write (control-plane.md §10.2); layout-access
@@ -166,13 +165,15 @@ class S3Gateway:
             limiter.record_failure("s3", req.client_ip, exc.code)
             metrics.auth_failed(_auth_failure_reason(exc, "authorization" not in req.headers))
             # A log line, not an audit-ring entry: S3 auth failures can be a flood (§2.4.1).
-            security_log.info(
-                "AUDIT | action=login_failed | user= | target=%s | ip=%s | ua=%s | bucket=%s | path=%s",
-                exc.reason or exc.code,
-                req.client_ip,
-                sanitise(req.headers.get("user-agent", "")[:256]),
-                sanitise(req.bucket or ""),
-                sanitise(req.raw_path[:512]),
+            log_entry(
+                new_entry(
+                    "login_failed",
+                    target=exc.reason or exc.code,
+                    ip=req.client_ip,
+                    ua=req.headers.get("user-agent", ""),
+                    bucket=req.bucket or "",
+                    path=req.raw_path[:512],
+                )
             )
             raise
         principal = access.principal_for(call.auth.access_key_id)
