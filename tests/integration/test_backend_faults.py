@@ -113,6 +113,16 @@ def test_a_get_costs_the_backend_one_get_and_the_lookups(
         assert (counter.calls("HEAD") - heads, counter.calls("GET") - gets) == (lookups, 1), seen
         ranged = s3.get_object(Bucket="counted", Key="notes/plain.txt", Range="bytes=100-199")
         assert ranged["Body"].read() == body[100:200]
+        # A copy looks its source up once too (the lookup that evaluated its conditions).
+        before = len(counter.requests)
+        s3.copy_object(Bucket="counted", Key="notes/copy.txt", CopySource="counted/notes/plain.txt")
+        source_heads = [
+            path
+            for method, path in counter.requests[before:]
+            if method == "HEAD" and path in ("/counted/notes/plain.txt", "/counted/notes/plain.txt.delta")
+        ]
+        assert len(source_heads) == lookups, counter.requests[before:]
+        assert s3.get_object(Bucket="counted", Key="notes/copy.txt")["Body"].read() == body
     finally:
         proxy.stop()
         counter.stop()

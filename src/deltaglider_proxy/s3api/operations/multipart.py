@@ -78,7 +78,7 @@ async def upload_part_copy(call: Call) -> Response:
     store.parts(upload_id(call), call.bucket, call.key)
     src_bucket, src_key, info = await copy_source_info(call)
     start, end = copy_range(call, info.size)
-    body = await spool_object(call, src_bucket, src_key, start, end)
+    body = await spool_object(call, info, src_bucket, src_key, start, end)
     assert isinstance(body, SpooledFile)
     return await copied_part(call, number, body)
 

@@ -273,9 +273,12 @@ async def copy_source_info(call: Call) -> tuple[str, str, ObjectInfo]:
     return bucket, key, info
 
 
-async def spool_object(call: Call, bucket: str, key: str, start: int = 0, end: int | None = None) -> object:
-    """Copy (a slice of) a stored object into a fresh spool file, hashing on the way."""
-    _, stream = await call.services.engine.open(bucket, key, start, end)
+async def spool_object(
+    call: Call, source: ObjectInfo, bucket: str, key: str, start: int = 0, end: int | None = None
+) -> object:
+    """Copy (a slice of) the stored object ``source`` (its fresh head, from
+    :func:`copy_source_info`) into a fresh spool file, hashing on the way."""
+    _, stream = await call.services.engine.open(bucket, key, start, end, known=source)
     return await spool_stream(call, stream, (end or 0) - start if end is not None else None)
 
 
@@ -310,7 +313,7 @@ async def copy_object(call: Call) -> Response:
         new = new_object_from_request(call.req)
     stored = await call.services.engine.copy_in_backend(info, src_bucket, call.bucket, call.key, new)
     if stored is None:
-        body = await spool_object(call, src_bucket, src_key)
+        body = await spool_object(call, info, src_bucket, src_key)
         assert isinstance(body, SpooledFile)
         stored = await call.services.engine.put(call.bucket, call.key, body, new)
     call.services.quotas.record_write(call.bucket, stored.stored_size)
