@@ -114,6 +114,14 @@ def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class MultipartStore:
     def __init__(
         self,
@@ -224,8 +232,11 @@ class MultipartStore:
             directory = self._dir(upload_id)
 
             def persist() -> None:
+                # A spool file is scratch (not synced); an acknowledged part must survive a crash.
+                _fsync_path(body.path)
                 os.replace(body.path, directory / f"part-{number:05d}")
                 _atomic_json(directory / f"part-{number:05d}.json", asdict(info))
+                _fsync_path(directory)
 
             await asyncio.to_thread(persist)
             self._parts[upload_id][number] = info

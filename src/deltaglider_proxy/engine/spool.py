@@ -3,6 +3,12 @@
 Bytes arrive in small pieces; :class:`SpoolWriter` batches them and hashes + writes each batch in
 a worker thread so the event loop never blocks and memory stays at a few MiB per request. The
 spool has a byte budget: when it is exhausted new bodies are refused with 503 SlowDown.
+
+Spool files are scratch: they are not fsynced (a crash loses them, and the next start deletes
+them anyway). Whoever keeps one beyond the request makes it durable — the filesystem backend
+fsyncs what it renames into place, multipart fsyncs a part before it counts as uploaded. Syncing
+here as well would write every body to disk twice whenever what is stored is not the spooled
+bytes themselves (a delta, or ciphertext).
 """
 
 from __future__ import annotations
@@ -159,7 +165,6 @@ class SpoolWriter:
     async def finish(self) -> SpooledFile:
         await self._flush()
         await self._settle()
-        await asyncio.to_thread(os.fsync, self._fd)
         with self._fd_lock:
             os.close(self._fd)
             self._fd = -1
