@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import struct
 import subprocess
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import make_client
@@ -31,6 +35,7 @@ from tests.support.backends import (
     started_proxy,
 )
 from tests.support.server import PROXY_BIN, ProxyServer
+from tests.support.signing import presigned_url
 
 CHUNK = 65_536
 FRAME = 4 + CHUNK + 16
@@ -469,6 +474,149 @@ def test_private_dirs_are_0700(setup: Setup) -> None:
         state = setup.root / "proxy" / "state"
     for path in (state, *(state / name for name in ("references", "spool", "multipart", "crypt.default"))):
         assert path.stat().st_mode & 0o777 == 0o700, path
+
+
+# --- bodies sealed while they arrive (compression off) -----------------------------------------
+
+FLAT = "enc-flat"
+
+
+def state_dir(setup: Setup) -> Path:
+    if setup.kind == "filesystem":
+        return setup.proxy.data_dir / ".deltaglider"
+    return setup.root / "proxy" / "state"
+
+
+def flat_bucket(setup: Setup) -> str:
+    """The configured compression-off bucket (created once per proxy)."""
+    try:
+        setup.s3.create_bucket(Bucket=FLAT)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    return FLAT
+
+
+def sealed_temp_files(setup: Setup) -> list[Path]:
+    return sorted((state_dir(setup) / "crypt.default").glob(".dg.crypt.*.sealed"))
+
+
+def spooled_bytes(setup: Setup) -> bytes:
+    return b"".join(p.read_bytes() for p in (state_dir(setup) / "spool").rglob("*") if p.is_file())
+
+
+def wait_for(condition: Any, what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_raw_put(setup: Setup, bucket: str, key: str, length: int, first: bytes) -> socket.socket:
+    """A presigned PUT announcing ``length`` bytes of which only ``first`` is sent (so far)."""
+    url = urllib.parse.urlsplit(presigned_url("PUT", f"{setup.proxy.endpoint}/{bucket}/{key}"))
+    sock = socket.create_connection(("127.0.0.1", setup.proxy.port))
+    head = f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {length}\r\n\r\n"
+    sock.sendall(head.encode() + first)
+    return sock
+
+
+def received_status(sock: socket.socket) -> int:
+    sock.settimeout(30)
+    answer = b""
+    while b"\r\n" not in answer:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        answer += piece
+    return int(answer.split(b" ", 2)[1])
+
+
+def assert_seals_while_arriving(setup: Setup, body: bytes, sent: int) -> None:
+    """Mid-upload: ciphertext is being written, the plaintext is nowhere on local disk."""
+    files = wait_for(
+        lambda: [p for p in sealed_temp_files(setup) if p.stat().st_size >= 4 * 1024 * 1024],
+        "the body being sealed into the encryption work dir",
+    )
+    partial = files[0].read_bytes()
+    assert partial[:4] == b"DGE1"
+    spooled = spooled_bytes(setup)
+    for offset in range(0, sent - 64, sent // 7):
+        window = body[offset : offset + 64]
+        assert window not in partial, f"plaintext at {offset} in the sealed file"
+        assert window not in spooled, f"plaintext at {offset} spooled to disk"
+
+
+def test_a_compression_off_put_is_sealed_while_it_arrives(setup: Setup) -> None:
+    bucket, key = flat_bucket(setup), f"arriving-{uuid.uuid4().hex[:8]}.bin"
+    body = sample(6 * 1024 * 1024 + 123, "arriving")
+    sent = 5 * 1024 * 1024
+    with start_raw_put(setup, bucket, key, len(body), body[:sent]) as sock:
+        assert_seals_while_arriving(setup, body, sent)
+        sock.sendall(body[sent:])
+        assert received_status(sock) == 200
+    assert get(setup.s3, bucket, key) == body
+    stored = setup.layout.read(bucket, key)
+    assert len(stored) == wire_size(len(body))
+    assert setup.user_metadata(bucket, key)["dg-encryption-key-id"] == KEY_ID_A
+    assert sealed_temp_files(setup) == []
+
+
+def test_a_dropped_upload_leaves_no_sealed_bytes_and_no_object(setup: Setup) -> None:
+    bucket, key = flat_bucket(setup), f"dropped-{uuid.uuid4().hex[:8]}.bin"
+    body = sample(6 * 1024 * 1024, "dropped")
+    sent = 5 * 1024 * 1024
+    with start_raw_put(setup, bucket, key, len(body), body[:sent]) as sock:
+        assert_seals_while_arriving(setup, body, sent)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+    wait_for(lambda: sealed_temp_files(setup) == [], "the sealed temp file to be removed")
+    with pytest.raises(ClientError) as caught:
+        setup.s3.head_object(Bucket=bucket, Key=key)
+    assert caught.value.response["Error"]["Code"] == "404"
+
+
+@pytest.mark.parametrize("actual", [9, 20])
+def test_aws_chunked_body_of_the_wrong_length_is_refused_and_nothing_is_left(
+    setup: Setup, actual: int
+) -> None:
+    bucket, key = flat_bucket(setup), f"chunked-{uuid.uuid4().hex[:8]}.txt"
+    data = b"z" * actual
+    headers = {
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": "10",
+    }
+    body = f"{actual:x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+    url = presigned_url("PUT", f"{setup.proxy.endpoint}/{bucket}/{key}")
+    response = requests.put(url, headers=headers, data=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert "<Code>IncompleteBody</Code>" in response.text
+    assert sealed_temp_files(setup) == []
+    with pytest.raises(ClientError):
+        setup.s3.head_object(Bucket=bucket, Key=key)
+
+
+def test_multipart_into_a_compression_off_bucket_is_sealed_as_it_is_joined(setup: Setup) -> None:
+    bucket, key = flat_bucket(setup), f"joined-{uuid.uuid4().hex[:8]}.log"
+    part1, part2 = sample(5 * 1024 * 1024, "j1"), sample(CHUNK + 3, "j2")
+    upload = setup.s3.create_multipart_upload(Bucket=bucket, Key=key)
+    parts = []
+    for number, data in ((1, part1), (2, part2)):
+        etag = setup.s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=data
+        )["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    done = setup.s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    assert done["ETag"].endswith('-2"')
+    assert get(setup.s3, bucket, key) == part1 + part2
+    assert len(setup.layout.read(bucket, key)) == wire_size(len(part1) + len(part2))
+    assert setup.s3.head_object(Bucket=bucket, Key=key)["ETag"] == done["ETag"]
+    assert sealed_temp_files(setup) == []
 
 
 # --- rotation --------------------------------------------------------------------------------------

@@ -323,9 +323,10 @@ class MultipartStore:
             self._completing.discard(upload_id)
 
     async def _assemble(
-        self, upload: Upload, requested: list[CompletedPart]
+        self, upload: Upload, requested: list[CompletedPart], *, sealable: bool
     ) -> tuple[SpooledFile, dict[str, str], str]:
-        """The listed parts as one spooled file, with its checksums and multipart ETag."""
+        """The listed parts as one spooled file, with its checksums and multipart ETag;
+        ``sealable`` when it goes through the engine (which may have it sealed as it is joined)."""
         parts = self._validate(upload.upload_id, requested)
         total = sum(p.size for p in parts)
         if total > self.engine.max_object_size:
@@ -336,7 +337,8 @@ class MultipartStore:
         extra = []
         if full_object and self.checksum_factory is not None and upload.checksum_algorithm:
             extra.append((upload.checksum_algorithm, self.checksum_factory(upload.checksum_algorithm)))
-        writer = self.engine.spool.writer(total, extra)
+        sealed = self.engine.sealing_writer(upload.bucket, total) if sealable else None
+        writer = self.engine.spool.writer(total, extra, sealed)
         try:
             directory = self._dir(upload.upload_id)
             for part in parts:
@@ -353,7 +355,7 @@ class MultipartStore:
     ) -> tuple[ObjectInfo, dict[str, str]]:
         async with self._completing_upload(upload_id, bucket, key, layout=False) as upload:
             parse_key(key)
-            body, checksums, etag = await self._assemble(upload, requested)
+            body, checksums, etag = await self._assemble(upload, requested, sealable=True)
             new = NewObject(
                 content_type=upload.content_type,
                 user_metadata=upload.user_metadata,
@@ -375,7 +377,7 @@ class MultipartStore:
             record = self.engine.layout.parse_record(key, upload.layout_metadata or {})
             if record is None:
                 raise LayoutRecordMissing()
-            body, checksums, etag = await self._assemble(upload, requested)
+            body, checksums, etag = await self._assemble(upload, requested, sealable=False)
             stored = await self.engine.layout.write(bucket, key, body, record)
             await self._forget(upload_id)
             return stored, etag, checksums

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from deltaglider_proxy.engine.codec import Codec
 from deltaglider_proxy.engine.eligibility import CompressionPolicies
@@ -29,6 +29,7 @@ from deltaglider_proxy.storage.base import (
     BucketNotFound,
     CommonPrefix,
     ObjectNotFound,
+    SealedBody,
     StoredObject,
     logical_sort_key,
 )
@@ -287,6 +288,18 @@ class ObjectEngine:
             },
             checksums=dict(new.checksums),
         )
+
+    def sealing_writer(self, bucket: str, size: int | None) -> SealedBody | None:
+        """Where a body of ``size`` bytes for ``bucket`` should be spooled sealed, or None.
+
+        Only where it will be stored as it is — compression off — on a backend that encrypts:
+        the plaintext is then never needed, so the spool writes only the ciphertext instead of
+        the plaintext and then, once more, the ciphertext.
+        """
+        if size is None or self.deltas.policies.for_bucket(bucket).enabled:
+            return None
+        offer = getattr(self.backend, "sealing_writer", None)
+        return None if offer is None else cast("SealedBody | None", offer(bucket, size))
 
     async def put(self, bucket: str, raw_key: str, body: SpooledFile, new: NewObject) -> ObjectInfo:
         """Store ``body`` (consumed) as ``raw_key``. Atomic: readers see old or new, never partial."""

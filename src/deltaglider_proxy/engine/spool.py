@@ -24,11 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from deltaglider_proxy.storage.base import SealedBody
+
 BATCH_BYTES = 4 * 1024 * 1024
 
 
 class SpoolFull(Exception):
     """The spool's byte budget is exhausted."""
+
+
+class SpoolOverrun(Exception):
+    """More bytes arrived than the sealed body was declared to hold."""
 
 
 class Hasher(Protocol):
@@ -44,11 +50,16 @@ class SpooledFile:
     md5_hex: str
     sha256_hex: str
     checksums: dict[str, str] = field(default_factory=dict)
+    # Set when the body was sealed for its backend as it arrived: then only the ciphertext was
+    # written, and ``path`` does not exist (the body can only be stored as it is).
+    sealed: SealedBody | None = None
     _release: Callable[[], None] | None = None
 
     def discard(self) -> None:
         """Delete the file (if still there) and give its bytes back to the budget."""
         self.path.unlink(missing_ok=True)
+        if self.sealed is not None:
+            self.sealed.discard()
         self.release()
 
     def release(self) -> None:
@@ -91,11 +102,16 @@ class Spool:
         return self.directory / f"{secrets.token_hex(12)}{suffix}"
 
     def writer(
-        self, expected_size: int | None = None, extra_hashers: Iterable[tuple[str, Hasher]] = ()
+        self,
+        expected_size: int | None = None,
+        extra_hashers: Iterable[tuple[str, Hasher]] = (),
+        sealed: SealedBody | None = None,
     ) -> SpoolWriter:
-        release = self.reserve(expected_size or 0)
+        """A writer for one body; with ``sealed`` the bytes go there instead of to a spool file
+        (they still count against the budget: the ciphertext is on local disk too)."""
+        release = self.reserve(expected_size or (sealed.size if sealed is not None else 0))
         try:
-            return SpoolWriter(self.new_path(), release, dict(extra_hashers))
+            return SpoolWriter(self.new_path(), release, dict(extra_hashers), sealed)
         except BaseException:
             release()
             raise
@@ -108,12 +124,20 @@ def _consume_outcome(task: asyncio.Task[None]) -> None:
 
 
 class SpoolWriter:
-    """Streams bytes into a new spool file, hashing MD5 + SHA-256 (+ extras) on the way."""
+    """Streams bytes into a new spool file (or a sealed body), hashing MD5 + SHA-256 (+ extras)
+    on the way."""
 
-    def __init__(self, path: Path, release: Callable[[], None], extra: dict[str, Hasher]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        release: Callable[[], None],
+        extra: dict[str, Hasher],
+        sealed: SealedBody | None = None,
+    ) -> None:
         self.path = path
         self._release: Callable[[], None] | None = release
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._sealed = sealed
+        self._fd = -1 if sealed is not None else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._fd_lock = threading.Lock()
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
@@ -138,9 +162,10 @@ class SpoolWriter:
 
     async def _process(self, data: bytes) -> None:
         # MD5 is the slowest digest; it runs beside the rest so a batch costs max(), not sum().
-        await asyncio.gather(
-            asyncio.to_thread(self._md5.update, data), asyncio.to_thread(self._hash_and_write, data)
-        )
+        jobs = [asyncio.to_thread(self._md5.update, data), asyncio.to_thread(self._hash_and_write, data)]
+        if self._sealed is not None:
+            jobs.append(asyncio.to_thread(self._sealed.update, data))
+        await asyncio.gather(*jobs)
 
     async def _settle(self) -> None:
         if self._inflight is not None:
@@ -150,6 +175,8 @@ class SpoolWriter:
     async def write(self, data: bytes) -> None:
         if not data:
             return
+        if self._sealed is not None and self.size + len(data) > self._sealed.size:
+            raise SpoolOverrun(f"body is longer than the {self._sealed.size} bytes declared for it")
         self._pending.append(data)
         self._pending_size += len(data)
         self.size += len(data)
@@ -165,8 +192,11 @@ class SpoolWriter:
     async def finish(self) -> SpooledFile:
         await self._flush()
         await self._settle()
+        if self._sealed is not None:
+            await asyncio.to_thread(self._sealed.finish)
         with self._fd_lock:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             self._fd = -1
         checksums = {name: h.b64digest() for name, h in self._extra.items() if hasattr(h, "b64digest")}
         result = SpooledFile(
@@ -175,15 +205,25 @@ class SpoolWriter:
             md5_hex=self._md5.hexdigest(),
             sha256_hex=self._sha256.hexdigest(),
             checksums=checksums,
+            sealed=self._sealed,
             _release=self._release,
         )
         self._release = None
+        self._sealed = None
         return result
 
     def abort(self) -> None:
+        sealed, self._sealed = self._sealed, None
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             inflight.add_done_callback(_consume_outcome)
+            if sealed is not None:
+                # Not now: a thread may be sealing a batch (discard would wait for it here).
+                late = sealed
+                inflight.add_done_callback(lambda _task: late.discard())
+                sealed = None
+        if sealed is not None:
+            sealed.discard()
         with self._fd_lock:
             if self._fd >= 0:
                 os.close(self._fd)

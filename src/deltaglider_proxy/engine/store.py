@@ -135,7 +135,9 @@ class DeltaStore:
         async with self.locks.hold(bucket, key.prefix):
             # Whatever the new version becomes, deltas based on the old one must not break.
             await self.dependants.release(bucket, key)
-            if not policy.enabled:
+            # A sealed body has no plaintext left to encode: it is stored as it is (it was sealed
+            # because compression was off; a reload may have turned it on since).
+            if not policy.enabled or body.sealed is not None:
                 return await self._passthrough(bucket, key, body, record, "compression-off")
             if body.size == 0:
                 return await self._passthrough(bucket, key, body, record, "empty")
@@ -375,7 +377,12 @@ class DeltaStore:
         reason: Reason,
         ratio: float | None = None,
     ) -> StoreResult:
-        stored = await self.backend.write(bucket, key.passthrough_name, body.path, record, move=True)
+        if body.sealed is not None:
+            sealed, body.sealed = body.sealed, None
+            write_sealed = self.backend.write_sealed  # type: ignore[attr-defined]  # it sealed it
+            stored: StoredObject = await write_sealed(bucket, key.passthrough_name, sealed, record)
+        else:
+            stored = await self.backend.write(bucket, key.passthrough_name, body.path, record, move=True)
         # The new variant is visible; only now drop the other kind (§2.6).
         await self._delete_quietly(bucket, key.delta_name, key)
         return StoreResult(stored, "passthrough", reason, ratio)

@@ -48,6 +48,8 @@ class InstrumentedBackend:
         value = getattr(self.inner, attribute)
         if attribute == "copy":
             return self._timed_callable("copy", value)
+        if attribute == "write_sealed":
+            return self._timed_callable("write", value)
         return value
 
     def _timed_callable(

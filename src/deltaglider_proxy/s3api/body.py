@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Callable
 
-from deltaglider_proxy.engine.spool import Spool, SpooledFile, SpoolFull
+from deltaglider_proxy.engine.spool import Spool, SpooledFile, SpoolFull, SpoolOverrun
 from deltaglider_proxy.s3api import errors
 from deltaglider_proxy.s3api.checksums import new_checksum, requested_checksum
 from deltaglider_proxy.s3api.chunked import AwsChunkedDecoder, ChunkSigner
 from deltaglider_proxy.s3api.http import S3Request
 from deltaglider_proxy.s3api.sigv4 import AuthContext
+from deltaglider_proxy.storage.base import SealedBody
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 SIGNED_STREAMING = ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
@@ -76,8 +78,18 @@ async def read_small(req: S3Request, limit: int) -> bytes:
     return data
 
 
-async def spool_body(req: S3Request, spool: Spool, auth: AuthContext | None, max_size: int) -> SpooledFile:
-    """Stream the request body into a verified spool file (caller owns the result)."""
+async def spool_body(
+    req: S3Request,
+    spool: Spool,
+    auth: AuthContext | None,
+    max_size: int,
+    sealing: Callable[[int | None], SealedBody | None] | None = None,
+) -> SpooledFile:
+    """Stream the request body into a verified spool file (caller owns the result).
+
+    ``sealing`` is asked, with the declared body length, where to seal the body as it arrives
+    instead of spooling its plaintext (see ``ObjectEngine.sealing_writer``).
+    """
     payload = req.header("x-amz-content-sha256") or UNSIGNED
     streaming = payload.startswith("STREAMING-")
     if streaming and payload not in SIGNED_STREAMING and payload != UNSIGNED_STREAMING:
@@ -107,9 +119,12 @@ async def spool_body(req: S3Request, spool: Spool, auth: AuthContext | None, max
         if streaming
         else None
     )
+    sealed = sealing(declared) if sealing is not None else None
     try:
-        writer = spool.writer(declared, extra)
+        writer = spool.writer(declared, extra, sealed)
     except SpoolFull:
+        if sealed is not None:
+            sealed.discard()
         raise errors.SlowDown("The server's spool space is exhausted; retry later.") from None
     try:
         received = 0
@@ -136,6 +151,11 @@ async def spool_body(req: S3Request, spool: Spool, auth: AuthContext | None, max
         if declared is not None and writer.size != declared:
             raise errors.IncompleteBody("The decoded body length does not match x-amz-decoded-content-length")
         body = await writer.finish()
+    except SpoolOverrun:
+        writer.abort()
+        raise errors.IncompleteBody(
+            "The decoded body length does not match x-amz-decoded-content-length"
+        ) from None
     except BaseException:
         writer.abort()
         raise

@@ -98,6 +98,24 @@ def logical_sort_key(name: str) -> bytes:
     return name.encode("utf-8", "surrogatepass")
 
 
+class SealedBody(Protocol):
+    """A body a backend turns into what it stores (ciphertext) while the body arrives.
+
+    Offered by backends that encrypt (``sealing_writer(bucket, size)``) and handed back to their
+    ``write_sealed``; the plaintext then never has to be written to local disk first. The calls
+    are blocking (worker threads), made one at a time and in order: ``update`` with exactly
+    ``size`` bytes in all, then ``finish``. ``discard`` may come at any point, from any thread.
+    """
+
+    size: int
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
 class Backend(Protocol):
     """Physical object store. All methods are coroutines and never block the event loop."""
 

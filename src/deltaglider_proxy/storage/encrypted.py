@@ -34,9 +34,12 @@ from deltaglider_proxy.storage.base import (
     BucketInfo,
     CommonPrefix,
     ObjectNotFound,
+    SealedBody,
+    StorageError,
     StoredObject,
 )
 from deltaglider_proxy.storage.encryption_io import (
+    SealingWriter,
     batched,
     check_key,
     decrypt_single_shot_file,
@@ -226,20 +229,42 @@ class EncryptedBackend:
         sealed = self._temp_path(".sealed")
         try:
             size = await asyncio.to_thread(encrypt_file, key, source, sealed)
-            marked = replace(
-                record,
-                user_metadata={
-                    **record.user_metadata,
-                    ef.MARKER_KEY: ef.MARKER_CHUNKED,
-                    ef.KEY_ID_KEY: key_id,
-                },
-            )
+            marked = _marked(record, key_id)
             stored = await self.inner.write(bucket, name, sealed, marked, move=True, if_absent=if_absent)
         finally:
             await asyncio.to_thread(sealed.unlink, True)
         if move:
             await asyncio.to_thread(source.unlink, True)
         return replace(stored, size=size)
+
+    def sealing_writer(self, bucket: str, size: int) -> SealingWriter | None:
+        """Where a body of ``size`` bytes can be encrypted while it arrives, for
+        :meth:`write_sealed`; None when this backend stores plaintext."""
+        write_key = self.policy.write_key
+        if write_key is None:
+            return None
+        key, key_id = write_key
+        return SealingWriter(self._temp_path(".sealed"), key, key_id, size)
+
+    async def write_sealed(
+        self, bucket: str, name: str, sealed: SealedBody, record: FileMetadata, *, if_absent: bool = False
+    ) -> StoredObject:
+        """Store what a :meth:`sealing_writer` of this backend sealed (consumed) as ``name``."""
+        try:
+            write_key = self.policy.write_key
+            if (
+                not isinstance(sealed, SealingWriter)
+                or not sealed.finished
+                or write_key is None
+                or sealed.key_id != write_key[1]
+                or sealed.path.parent != self.work_dir
+            ):
+                raise StorageError(f"{bucket}/{name}: the sealed body was not finished by this backend")
+            marked = _marked(without_markers(record), sealed.key_id)
+            stored = await self.inner.write(bucket, name, sealed.path, marked, move=True, if_absent=if_absent)
+        finally:
+            await asyncio.to_thread(sealed.discard)
+        return replace(stored, size=sealed.size)
 
     # ------------------------------------------------------------------ read
 
@@ -445,6 +470,12 @@ def wrap(inner: Backend, policy: EncryptionPolicy, work_dir: Path) -> EncryptedB
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _marked(record: FileMetadata, key_id: str) -> FileMetadata:
+    """``record`` as stored for a chunked-encrypted object sealed with ``key_id``."""
+    user = {**record.user_metadata, ef.MARKER_KEY: ef.MARKER_CHUNKED, ef.KEY_ID_KEY: key_id}
+    return replace(record, user_metadata=user)
 
 
 def _plaintext_view(stored: StoredObject | None) -> StoredObject | None:

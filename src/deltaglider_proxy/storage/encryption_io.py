@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -41,6 +42,55 @@ def encrypt_file(key: bytes, source: Path, target: Path) -> int:
     finally:
         os.close(src)
     return size
+
+
+class SealingWriter:
+    """Encrypts a body of known size into a new private file as its pieces arrive.
+
+    The :class:`~deltaglider_proxy.storage.base.SealedBody` of encrypting backends: the spool
+    feeds it each batch in a worker thread instead of writing the plaintext, so a body that is
+    stored as it is gets written to disk once, as ciphertext. The file is created by the first
+    call (in that thread, not on the event loop). Sealed with ``key_id``, to be handed back to
+    the wrapper that made it.
+    """
+
+    def __init__(self, path: Path, key: bytes, key_id: str, size: int) -> None:
+        self.path = path
+        self.key_id = key_id
+        self.size = size
+        self.finished = False
+        self._encryptor = ef.ChunkedEncryptor(key, size)
+        self._fd = -1
+        self._discarded = False
+        # discard() may come from the event loop while a batch is being sealed in a thread.
+        self._lock = threading.Lock()
+
+    def update(self, data: bytes, /) -> None:
+        with self._lock:
+            write_all(self._open(), self._encryptor.update(data))
+
+    def finish(self) -> None:
+        with self._lock:
+            fd = self._open()
+            write_all(fd, self._encryptor.finish())
+            os.close(fd)
+            self._fd = -1
+            self.finished = True
+
+    def discard(self) -> None:
+        with self._lock:
+            self._discarded = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+    def _open(self) -> int:
+        if self._discarded or self.finished:
+            raise ef.EncryptionError("sealed body used after it was finished or discarded")
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return self._fd
 
 
 def write_all(fd: int, pieces: list[bytes]) -> None:

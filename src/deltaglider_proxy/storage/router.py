@@ -12,11 +12,13 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from deltaglider_proxy.storage.base import (
     Backend,
     BucketInfo,
     CommonPrefix,
+    SealedBody,
     StoredObject,
 )
 from deltaglider_proxy.storage.metadata import FileMetadata, utcnow
@@ -147,6 +149,19 @@ class BackendRouter:
     ) -> StoredObject:
         backend, real = self.resolve(bucket)
         return await backend.write(real, name, source, record, move=move, if_absent=if_absent)
+
+    def sealing_writer(self, bucket: str, size: int) -> SealedBody | None:
+        backend, real = self.resolve(bucket)
+        offer = getattr(backend, "sealing_writer", None)
+        return None if offer is None else cast("SealedBody | None", offer(real, size))
+
+    async def write_sealed(
+        self, bucket: str, name: str, sealed: SealedBody, record: FileMetadata, *, if_absent: bool = False
+    ) -> StoredObject:
+        backend, real = self.resolve(bucket)
+        writer = backend.write_sealed  # type: ignore[attr-defined]  # only those that sealed it
+        stored: StoredObject = await writer(real, name, sealed, record, if_absent=if_absent)
+        return stored
 
     async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:
         backend, real = self.resolve(bucket)

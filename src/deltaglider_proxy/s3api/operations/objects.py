@@ -164,7 +164,13 @@ async def put_object(call: Call) -> Response:
             check_write(call.req.headers, (current.etag, current.last_modified))
         except ObjectMissing:
             check_write(call.req.headers, None)
-    body = await spool_body(call.req, services.spool, call.auth, services.max_object_size)
+    body = await spool_body(
+        call.req,
+        services.spool,
+        call.auth,
+        services.max_object_size,
+        lambda size: services.engine.sealing_writer(call.bucket, size),
+    )
     if declared is None:
         try:
             await services.quotas.check_write(call.bucket, body.size)
