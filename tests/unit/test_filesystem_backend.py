@@ -27,6 +27,7 @@ from deltaglider_proxy.storage.base import (
     CommonPrefix,
     DiskFull,
     InvalidObjectName,
+    ObjectChanged,
     ObjectExists,
     ObjectNotFound,
     StorageError,
@@ -741,3 +742,73 @@ def test_create_only_write_never_replaces(store: Store, name: str) -> None:
     store.delete(name)
     run(store.backend.write(BUCKET, name, source, record_for(name, b"second"), if_absent=True))
     assert store.read(name) == b"second"
+
+
+# --- replace-this-version writes (if_match) ------------------------------------------------------
+
+
+def test_if_match_replaces_only_the_version_it_names(store: Store) -> None:
+    first = store.write("rot/obj.bin", b"version one")
+    assert first.version is not None
+    assert store.head("rot/obj.bin").version == first.version  # type: ignore[union-attr]
+    # Another process (a second backend on the same root) overwrites it in between.
+    other = Store.__new__(Store)
+    other.root, other.spool, other._sources = store.root, store.spool, itertools.count(10_000)
+    other.backend = FilesystemBackend(store.root / "data")
+    run(other.backend.start())
+    other.write("rot/obj.bin", b"a client's newer write")
+    source = store.spool / "rotated"
+    source.write_bytes(b"version one, re-sealed")
+    with pytest.raises(ObjectChanged):
+        run(
+            store.backend.write(
+                BUCKET,
+                "rot/obj.bin",
+                source,
+                record_for("rot/obj.bin", b"x"),
+                move=True,
+                if_match=first.version,
+            )
+        )
+    assert store.read("rot/obj.bin") == b"a client's newer write"
+    source.write_bytes(b"version one, re-sealed")  # move=True may have taken it
+    assert not [p for p in tree(store.root / "data") if ".dg.tmp." in p]
+    current = store.head("rot/obj.bin")
+    assert current is not None and current.version != first.version
+    replaced = run(
+        store.backend.write(
+            BUCKET,
+            "rot/obj.bin",
+            source,
+            record_for("rot/obj.bin", b"y"),
+            move=True,
+            if_match=current.version,
+        )
+    )
+    assert store.read("rot/obj.bin") == b"version one, re-sealed"
+    assert replaced.version == store.head("rot/obj.bin").version  # type: ignore[union-attr]
+
+
+def test_if_match_does_not_bring_back_a_deleted_object(store: Store) -> None:
+    first = store.write("gone.bin", b"old")
+    assert store.delete("gone.bin")
+    source = store.spool / "late"
+    source.write_bytes(b"resurrected?")
+    with pytest.raises(ObjectChanged):
+        run(
+            store.backend.write(
+                BUCKET, "gone.bin", source, record_for("gone.bin", b"r"), if_match=first.version
+            )
+        )
+    assert store.head("gone.bin") is None
+
+
+def test_an_object_keeps_its_version_when_it_becomes_a_directory(store: Store) -> None:
+    first = store.write("a", b"file that gets children")
+    store.write("a/child", b"child")  # "a" is now a directory holding .dg.self
+    assert store.head("a").version == first.version  # type: ignore[union-attr]
+    source = store.spool / "again"
+    source.write_bytes(b"rewritten in place")
+    run(store.backend.write(BUCKET, "a", source, record_for("a", b"z"), if_match=first.version))
+    assert store.read("a") == b"rewritten in place"
+    assert store.read("a/child") == b"child"

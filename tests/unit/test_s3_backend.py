@@ -29,6 +29,7 @@ from deltaglider_proxy.storage.base import (
     BucketNotFound,
     CommonPrefix,
     InvalidObjectName,
+    ObjectChanged,
     ObjectExists,
     ObjectNotFound,
     StorageError,
@@ -882,3 +883,41 @@ def test_listing_rejects_other_delimiters(moto: MotoServer, bucket: str) -> None
             await labels(backend, bucket, delimiter=".")
 
     run_with(make_backend(moto.endpoint), scenario)
+
+
+def test_if_match_replaces_only_the_version_it_names(
+    moto: MotoServer, raw: Any, bucket: str, tmp_path: Path
+) -> None:
+    big = os.urandom(11 * MiB)
+
+    async def scenario(backend: S3Backend) -> None:
+        for data in (b"rotated bytes", big):  # single PUT, then multipart
+            first = await backend.write(bucket, "obj", source_file(tmp_path, b"v1"), record_for("obj", b"v1"))
+            assert first.version is not None
+            head = await backend.head(bucket, "obj")
+            assert head is not None and head.version == first.version
+            raw.put_object(Bucket=bucket, Key="obj", Body=b"a client's newer write")
+            later = source_file(tmp_path, data)
+            with pytest.raises(ObjectChanged):
+                await backend.write(
+                    bucket, "obj", later, record_for("obj", data), move=True, if_match=first.version
+                )
+            assert later.exists()
+            assert await read_all(backend, bucket, "obj") == b"a client's newer write"
+            current = await backend.head(bucket, "obj")
+            assert current is not None
+            await backend.write(bucket, "obj", later, record_for("obj", data), if_match=current.version)
+            assert await read_all(backend, bucket, "obj") == data
+        # Deleted meanwhile: not brought back.
+        gone = await backend.head(bucket, "obj")
+        assert gone is not None
+        raw.delete_object(Bucket=bucket, Key="obj")
+        with pytest.raises(ObjectChanged):
+            await backend.write(
+                bucket, "obj", source_file(tmp_path, b"r"), record_for("obj", b"r"), if_match=gone.version
+            )
+        assert await backend.head(bucket, "obj") is None
+        uploads = raw.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert uploads == []  # the refused multipart completion was aborted
+
+    run_with(make_backend(moto.endpoint, multipart_threshold=5 * MiB, part_size=5 * MiB), scenario)

@@ -24,6 +24,7 @@ from deltaglider_proxy.storage.base import (
     BucketNotEmpty,
     BucketNotFound,
     CommonPrefix,
+    ObjectChanged,
     ObjectExists,
     ObjectNotFound,
     StoredObject,
@@ -35,7 +36,7 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 SINGLETON_NAME = "default"
 # Answers about the caller's request, not failures of the backend: not counted as errors.
-_ANSWERS = (ObjectNotFound, BucketNotFound, BucketNotEmpty, BucketAlreadyExists, ObjectExists)
+_ANSWERS = (ObjectNotFound, BucketNotFound, BucketNotEmpty, BucketAlreadyExists, ObjectExists, ObjectChanged)
 
 
 class InstrumentedBackend:
@@ -129,9 +130,11 @@ class InstrumentedBackend:
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         return await self._timed(
-            "write", self.inner.write(bucket, name, source, record, move=move, if_absent=if_absent)
+            "write",
+            self.inner.write(bucket, name, source, record, move=move, if_absent=if_absent, if_match=if_match),
         )
 
     async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:

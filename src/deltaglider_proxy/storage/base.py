@@ -40,6 +40,10 @@ class ObjectExists(StorageError):
     """A create-only write found the object already there."""
 
 
+class ObjectChanged(StorageError):
+    """A write meant to replace one version found another there (or none)."""
+
+
 class BucketAlreadyExists(StorageError):
     pass
 
@@ -78,6 +82,9 @@ class StoredObject:
     etag: str | None = None
     content_type: str | None = None
     record_loaded: bool = True
+    # An opaque token naming exactly this stored version (the S3 ETag; inode and mtime on the
+    # filesystem), for ``write(if_match=...)``; None where the backend cannot tell.
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class Backend(Protocol):
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         """Atomically make ``source``'s bytes the object ``name`` with ``record``.
 
@@ -155,6 +163,9 @@ class Backend(Protocol):
         ``move=True`` the backend may take ownership of ``source`` (rename it into place);
         the caller must not use it afterwards. ``if_absent=True`` makes the write create-only:
         :class:`ObjectExists` if the object is there (the guard for ``reference.bin``).
+        ``if_match`` (a :attr:`StoredObject.version`) makes it replace only that version:
+        :class:`ObjectChanged` if another one (or none) is there — rewriting an object in place
+        (key rotation) then never undoes a client's concurrent write or delete.
         """
         ...
 

@@ -220,17 +220,22 @@ class EncryptedBackend:
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         record = without_markers(record)
         write_key = self.policy.write_key
         if write_key is None:
-            return await self.inner.write(bucket, name, source, record, move=move, if_absent=if_absent)
+            return await self.inner.write(
+                bucket, name, source, record, move=move, if_absent=if_absent, if_match=if_match
+            )
         key, key_id = write_key
         sealed = self._temp_path(".sealed")
         try:
             size = await asyncio.to_thread(encrypt_file, key, source, sealed)
             marked = _marked(record, key_id)
-            stored = await self.inner.write(bucket, name, sealed, marked, move=True, if_absent=if_absent)
+            stored = await self.inner.write(
+                bucket, name, sealed, marked, move=True, if_absent=if_absent, if_match=if_match
+            )
         finally:
             await asyncio.to_thread(sealed.unlink, True)
         if move:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -46,6 +47,7 @@ from deltaglider_proxy.storage.base import (
     CommonPrefix,
     DiskFull,
     InvalidObjectName,
+    ObjectChanged,
     ObjectExists,
     ObjectNotFound,
     StorageError,
@@ -74,6 +76,8 @@ METADATA_XATTR = "user.dg.metadata"
 DELTASPACES = "deltaspaces"
 PROBE_NAME = ".dg_xattr_probe"
 RENAME_PROBE_NAME = ".dg_rename_probe"
+# Beside the buckets (which never start with "."): the tree lock's cross-process half.
+LOCK_NAME = ".dg.lock"
 PROBE_VALUE = b"xattr_test_ok"
 # A temp entry this old belongs to no live write (a write holds its temp for seconds); younger
 # ones may belong to another process still running on the same data dir (rolling restart).
@@ -380,7 +384,41 @@ def _stored(name: str, info: os.stat_result, record: FileMetadata | None) -> Sto
         record=record,
         etag=record.etag if record is not None else None,
         content_type=record.content_type if record is not None else None,
+        version=_version(info),
     )
+
+
+def _version(info: os.stat_result) -> str:
+    # Every write renames a new file into place, so a new version is a new inode; the mtime
+    # guards against an inode number being reused after a delete.
+    return f"{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}"
+
+
+class _TreeLock:
+    """Serialises the steps that must not interleave (see FilesystemBackend.__init__), within
+    this process (a mutex) and across processes sharing the root (an ``flock`` on
+    ``<root>/.dg.lock``: ``rotate-keys`` rewrites objects while the server runs)."""
+
+    def __init__(self, root: Path) -> None:
+        self._path = root / LOCK_NAME
+        self._mutex = threading.Lock()
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
 
 
 def _storage_error(exc: OSError) -> StorageError:
@@ -486,7 +524,7 @@ class FilesystemBackend:
         # into a directory, publishing a write (resolve target + rename) and unlinking an
         # object. Without it a write landing between a conversion's link and exchange would be
         # lost, or a delete between them undone. Each holder keeps it for a few syscalls.
-        self._tree_lock = threading.Lock()
+        self._tree_lock = _TreeLock(self._root)
 
     @property
     def root(self) -> Path:
@@ -592,10 +630,12 @@ class FilesystemBackend:
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         _check_bucket(bucket)
         segments = split_name(name)
-        info = await self._run(self._write, bucket, segments, source, to_xattr_json(record), move, if_absent)
+        metadata = to_xattr_json(record)
+        info = await self._run(self._write, bucket, segments, source, metadata, move, if_absent, if_match)
         return _stored(name, info, record)
 
     async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:
@@ -791,6 +831,7 @@ class FilesystemBackend:
         metadata: bytes,
         move: bool,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> os.stat_result:
         """Steps: make the parent dirs, fill a temp file beside the target (data, xattrs,
         fsync), rename it over the target, fsync the directory. A concurrent delete may prune
@@ -809,7 +850,7 @@ class FilesystemBackend:
                         raise StorageError(f"write source {source} does not exist") from None
                     continue
                 try:
-                    target_fd = self._publish(stack, parent_fd, temp, leaf, if_absent)
+                    target_fd = self._publish(stack, parent_fd, temp, leaf, if_absent, if_match)
                 except BaseException:
                     _unlink_quietly(temp, parent_fd)
                     raise
@@ -870,14 +911,24 @@ class FilesystemBackend:
             os.fsync(parent_fd)
 
     def _publish(
-        self, stack: ExitStack, parent_fd: int, temp: str, leaf: str, if_absent: bool = False
+        self,
+        stack: ExitStack,
+        parent_fd: int,
+        temp: str,
+        leaf: str,
+        if_absent: bool = False,
+        if_match: str | None = None,
     ) -> int:
         """Rename the filled temp file over the object; returns the fd of its directory.
         ``if_absent`` makes it create-only (ObjectExists when the object is there), atomic even
-        against other processes thanks to RENAME_NOREPLACE."""
+        against other processes thanks to RENAME_NOREPLACE. ``if_match`` replaces only that
+        version (ObjectChanged otherwise): checked and renamed under the tree lock, which every
+        writer and deleter of this root holds for the same steps."""
         with self._tree_lock:
             for _attempt in range(_RETRIES):
                 info = _lstat(leaf, parent_fd)
+                if if_match is not None:
+                    self._check_version(stack, parent_fd, leaf, info, if_match)
                 if info is not None and stat.S_ISDIR(info.st_mode):
                     dir_fd = _walk(stack, parent_fd, [leaf])
                     if dir_fd is None:
@@ -904,6 +955,16 @@ class FilesystemBackend:
                     raise
                 return parent_fd
         raise StorageError(f"could not publish {leaf!r}: its target kept changing")
+
+    def _check_version(
+        self, stack: ExitStack, parent_fd: int, leaf: str, info: os.stat_result | None, expected: str
+    ) -> None:
+        current = info
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            dir_fd = _walk(stack, parent_fd, [leaf])
+            current = None if dir_fd is None else _lstat(SELF_NAME, dir_fd)
+        if current is None or not stat.S_ISREG(current.st_mode) or _version(current) != expected:
+            raise ObjectChanged(f"{leaf!r} is no longer the version this write was meant to replace")
 
     # -- blocking work: deleting --------------------------------------------------------------
 

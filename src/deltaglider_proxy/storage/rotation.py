@@ -6,7 +6,8 @@ backend write per object, so a reader sees the old ciphertext or the new one, ne
 Records (sizes, hashes, created_at, user metadata) are kept as they are: clients see no change.
 
 Rotation is resumable by construction: objects already stamped with the active key id are
-skipped, so an interrupted run is simply started again.
+skipped, so an interrupted run is simply started again. Each write replaces only the version that
+was read (``if_match``), so a client's concurrent overwrite or delete is never undone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deltaglider_proxy.storage.base import StorageError, StoredObject
+from deltaglider_proxy.storage.base import ObjectChanged, StorageError, StoredObject
 from deltaglider_proxy.storage.encrypted import (
     EncryptedBackend,
     markers_of,
@@ -79,11 +80,16 @@ async def rotate_object(
         record = before.record
         if size != stored_plaintext_size(record) or (record.note != "delta" and sha256 != record.file_sha256):
             raise StorageError(f"{bucket}/{name}: decrypted bytes do not match the record; left as it is")
-        # Rewritten by a client meanwhile: that write already used the active key.
+        # Rewritten or deleted by a client meanwhile: that write already used the active key. The
+        # write itself replaces only the version read (checked by the backend, atomically), so a
+        # client write landing after this check is not undone either.
         now = await backend.inner.head(bucket, name)
         if now is None or now.etag != before.etag or now.modified != before.modified or now.record != record:
             return "changed"
-        await backend.write(bucket, name, temp, record, move=True)
+        try:
+            await backend.write(bucket, name, temp, record, move=True, if_match=before.version)
+        except ObjectChanged:
+            return "changed"
     finally:
         await asyncio.to_thread(temp.unlink, True)
     return "rotated"

@@ -146,9 +146,12 @@ class BackendRouter:
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         backend, real = self.resolve(bucket)
-        return await backend.write(real, name, source, record, move=move, if_absent=if_absent)
+        return await backend.write(
+            real, name, source, record, move=move, if_absent=if_absent, if_match=if_match
+        )
 
     def sealing_writer(self, bucket: str, size: int) -> SealedBody | None:
         backend, real = self.resolve(bucket)

@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
@@ -46,6 +47,7 @@ from deltaglider_proxy.storage.base import (
     BucketNotFound,
     CommonPrefix,
     InvalidObjectName,
+    ObjectChanged,
     ObjectExists,
     ObjectNotFound,
     StorageError,
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
     from types_aiobotocore_s3.type_defs import (
         CompletedPartTypeDef,
+        CompleteMultipartUploadRequestTypeDef,
         CopyObjectRequestTypeDef,
         CreateBucketRequestTypeDef,
         GetObjectRequestTypeDef,
@@ -277,6 +280,25 @@ def _plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:
 # ---------------------------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Precondition:
+    """What must hold for a write to go ahead: no object (``absent``) or exactly the version
+    whose ETag is ``match``."""
+
+    absent: bool = False
+    match: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.absent or self.match is not None
+
+
+def _refused(exc: BaseException, when: _Precondition) -> bool:
+    """The service refused a conditional write because its condition does not hold (a
+    replace-this-version write of an object that is gone answers 404)."""
+    return is_precondition_failed(exc) or (when.match is not None and is_not_found(exc))
 
 
 class OpenBody:
@@ -563,6 +585,7 @@ class S3Backend:
             record=record,
             etag=response.get("ETag"),
             content_type=record.content_type if record is not None else response.get("ContentType"),
+            version=response.get("ETag"),
         )
 
     async def read(
@@ -611,16 +634,18 @@ class S3Backend:
         *,
         move: bool = False,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> StoredObject:
         metadata = self._with_native_marker(wire_metadata(record, name))
+        when = _Precondition(absent=if_absent, match=if_match)
         try:
             size = (await asyncio.to_thread(os.stat, source)).st_size
         except OSError as exc:
             raise StorageError(f"cannot read upload source {source}: {exc}") from exc
         if size > min(self.multipart_threshold, MAX_SINGLE_PUT):
-            etag = await self._multipart_upload(bucket, name, source, size, metadata, if_absent)
+            etag = await self._multipart_upload(bucket, name, source, size, metadata, when)
         else:
-            etag = await self._put_file(bucket, name, source, size, metadata, if_absent)
+            etag = await self._put_file(bucket, name, source, size, metadata, when)
         if move:
             await asyncio.to_thread(source.unlink, missing_ok=True)
         return StoredObject(
@@ -630,6 +655,7 @@ class S3Backend:
             record=record,
             etag=etag,
             content_type=record.content_type,
+            version=etag,
         )
 
     async def write_directory_marker(self, bucket: str, name: str) -> StoredObject:
@@ -672,11 +698,11 @@ class S3Backend:
         return await attempt()
 
     async def _put_file(
-        self, bucket: str, name: str, source: Path, size: int, metadata: dict[str, str], if_absent: bool
+        self, bucket: str, name: str, source: Path, size: int, metadata: dict[str, str], when: _Precondition
     ) -> str:
-        conditional = if_absent and self._conditional_writes
-        if if_absent and not conditional and await self._head_object(bucket, name) is not None:
-            raise ObjectExists(name)
+        conditional = when.any and self._conditional_writes
+        if when.any and not conditional:
+            await self._check_unconditionally(bucket, name, when)
         md5 = await asyncio.to_thread(_content_md5, source, 0, size)
 
         async def attempt() -> str:
@@ -692,8 +718,10 @@ class S3Backend:
                     "ContentType": OCTET_STREAM,
                     "Metadata": metadata,
                 }
-                if conditional:
+                if conditional and when.absent:
                     request["IfNoneMatch"] = "*"
+                if conditional and when.match is not None:
+                    request["IfMatch"] = when.match
                 response = await self._s3.put_object(**request, **self._sse_params())
             finally:
                 body.close()
@@ -702,21 +730,34 @@ class S3Backend:
         try:
             return await self._retrying(attempt)
         except CLIENT_ERRORS as exc:
-            if conditional and is_precondition_failed(exc):
-                return await self._lost_create(bucket, name, metadata)
+            if conditional and _refused(exc, when):
+                return await self._lost_condition(bucket, name, metadata, when)
             if conditional and is_not_implemented(exc):
                 self._disable_conditional_writes()
-                return await self._put_file(bucket, name, source, size, metadata, if_absent)
+                return await self._put_file(bucket, name, source, size, metadata, when)
             raise to_storage_error(exc, "PutObject", bucket, name) from exc
 
-    async def _lost_create(self, bucket: str, name: str, metadata: Mapping[str, str]) -> str:
-        """A create-only write was refused. If the object there is this very write (its response
-        was lost and the request resent), that is success; otherwise ObjectExists."""
+    async def _lost_condition(
+        self, bucket: str, name: str, metadata: Mapping[str, str], when: _Precondition
+    ) -> str:
+        """A conditional write was refused. If the object there is this very write (its response
+        was lost and the request resent), that is success; otherwise ObjectExists (create-only)
+        or ObjectChanged (replace-this-version)."""
         existing = await self._head_object(bucket, name)
         sent = {key.lower(): value for key, value in metadata.items()}
         if existing is not None and {k.lower(): v for k, v in existing.get("Metadata", {}).items()} == sent:
             return existing.get("ETag", "")
-        raise ObjectExists(name)
+        if when.absent:
+            raise ObjectExists(name)
+        raise ObjectChanged(f"{bucket}/{name} is no longer the version this write was meant to replace")
+
+    async def _check_unconditionally(self, bucket: str, name: str, when: _Precondition) -> None:
+        """The HEAD-then-write fallback for services without conditional writes (racy)."""
+        existing = await self._head_object(bucket, name)
+        if when.absent and existing is not None:
+            raise ObjectExists(name)
+        if when.match is not None and (existing is None or existing.get("ETag") != when.match):
+            raise ObjectChanged(f"{bucket}/{name} is no longer the version this write was meant to replace")
 
     def _disable_conditional_writes(self) -> None:
         _log.warning(
@@ -729,11 +770,11 @@ class S3Backend:
     # -- multipart upload -------------------------------------------------------------------------
 
     async def _multipart_upload(
-        self, bucket: str, name: str, source: Path, size: int, metadata: dict[str, str], if_absent: bool
+        self, bucket: str, name: str, source: Path, size: int, metadata: dict[str, str], when: _Precondition
     ) -> str:
         # Cheap early answer before sending the whole body; the completion decides for real.
-        if if_absent and await self._head_object(bucket, name) is not None:
-            raise ObjectExists(name)
+        if when.any:
+            await self._check_unconditionally(bucket, name, when)
         created = await self._call(
             "CreateMultipartUpload",
             bucket,
@@ -745,14 +786,14 @@ class S3Backend:
         upload_id = created["UploadId"]
         try:
             parts = await self._upload_parts(bucket, name, upload_id, source, size)
-            etag = await self._complete(bucket, name, upload_id, parts, if_absent)
+            etag = await self._complete(bucket, name, upload_id, parts, when)
         except BaseException:
             # Shielded: a cancelled write must not leave its parts billed on the backend.
             await asyncio.shield(self._abort(bucket, name, upload_id))
             raise
-        if etag is None:  # a refused create-only completion leaves the upload open
+        if etag is None:  # a refused conditional completion leaves the upload open
             await self._abort(bucket, name, upload_id)
-            return await self._lost_create(bucket, name, metadata)
+            return await self._lost_condition(bucket, name, metadata, when)
         return etag
 
     async def _upload_parts(
@@ -808,31 +849,33 @@ class S3Backend:
             raise to_storage_error(exc, "UploadPart", bucket, name) from exc
 
     async def _complete(
-        self, bucket: str, name: str, upload_id: str, parts: list[CompletedPartTypeDef], if_absent: bool
+        self, bucket: str, name: str, upload_id: str, parts: list[CompletedPartTypeDef], when: _Precondition
     ) -> str | None:
-        """CompleteMultipartUpload; None when ``if_absent`` and the object is already there."""
-        conditional = if_absent and self._conditional_writes
-        if if_absent and not conditional and await self._head_object(bucket, name) is not None:
-            return None
+        """CompleteMultipartUpload; None when its precondition (``when``) does not hold."""
+        conditional = when.any and self._conditional_writes
+        if when.any and not conditional:
+            try:
+                await self._check_unconditionally(bucket, name, when)
+            except (ObjectExists, ObjectChanged):
+                return None
+        request: CompleteMultipartUploadRequestTypeDef = {
+            "Bucket": bucket,
+            "Key": name,
+            "UploadId": upload_id,
+            "MultipartUpload": {"Parts": parts},
+        }
+        if conditional and when.absent:
+            request["IfNoneMatch"] = "*"
+        if conditional and when.match is not None:
+            request["IfMatch"] = when.match
         try:
-            if conditional:
-                response = await self._s3.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=name,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-            else:
-                response = await self._s3.complete_multipart_upload(
-                    Bucket=bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
+            response = await self._s3.complete_multipart_upload(**request)
         except CLIENT_ERRORS as exc:
-            if conditional and is_precondition_failed(exc):
+            if conditional and _refused(exc, when):
                 return None
             if conditional and is_not_implemented(exc):
                 self._disable_conditional_writes()
-                return await self._complete(bucket, name, upload_id, parts, if_absent)
+                return await self._complete(bucket, name, upload_id, parts, when)
             raise to_storage_error(exc, "CompleteMultipartUpload", bucket, name) from exc
         return response.get("ETag", "")
 
@@ -902,6 +945,7 @@ class S3Backend:
             record=record,
             etag=etag,
             content_type=record.content_type,
+            version=etag,
         )
 
     async def _multipart_copy(
@@ -945,7 +989,7 @@ class S3Backend:
                 parts.append(
                     {"ETag": response.get("CopyPartResult", {}).get("ETag", ""), "PartNumber": number}
                 )
-            return await self._complete(target_bucket, target_name, upload_id, parts, False) or ""
+            return await self._complete(target_bucket, target_name, upload_id, parts, _Precondition()) or ""
         except BaseException:
             await asyncio.shield(self._abort(target_bucket, target_name, upload_id))
             raise
@@ -1009,6 +1053,7 @@ class S3Backend:
                     modified=_as_utc(item.get("LastModified")),
                     etag=item.get("ETag"),
                     record_loaded=False,
+                    version=item.get("ETag"),
                 )
                 for item in page.get("Contents", [])
             ]
