@@ -265,9 +265,9 @@ class AdminApi:
                 # admin route needs an admin principal), so a new route cannot forget its guard.
                 access = self.state.services.access
                 if route.auth == "admin":
-                    require_admin(req, self.state.sessions, access)
+                    req.session = require_admin(req, self.state.sessions, access)
                 elif route.auth == "session":
-                    require_session(req, self.state.sessions, access)
+                    req.session = require_session(req, self.state.sessions, access)
                 return await route.handler(self.state, req)
             except ApiError as exc:
                 return exc.response()

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from deltaglider_proxy.admin.guard import require_admin
+from deltaglider_proxy.admin.guard import checked_session
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, json_response
 from deltaglider_proxy.admin.state import AdminState
 from deltaglider_proxy.iam.declarative import ReconcileError
@@ -27,7 +27,7 @@ def _list(doc: dict[str, Any], name: str, default: list[dict[str, Any]]) -> list
 
 
 async def validate(state: AdminState, req: ApiRequest) -> Response:
-    require_admin(req, state.sessions, state.services.access)
+    checked_session(req)
     iam = state.require_iam()
     doc = await req.json(required=False)
     users = _list(doc, "iam_users", state.declared_users)
@@ -73,7 +73,7 @@ def _rules(permissions: Any) -> list[dict[str, Any]]:
 
 async def export(state: AdminState, req: ApiRequest) -> Response:
     """The database as an ``access:`` document (§3.10.8); secrets redacted to "" (= keep on apply)."""
-    require_admin(req, state.sessions, state.services.access)
+    checked_session(req)
     iam = state.require_iam()
     users, groups = await iam.read(lambda db: db.snapshot())
     names = {g.id: g.name for g in groups}

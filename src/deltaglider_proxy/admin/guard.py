@@ -66,6 +66,14 @@ def require_session(req: ApiRequest, sessions: SessionStore, access: AccessContr
     return session
 
 
+def checked_session(req: ApiRequest) -> Session:
+    """The session the route table checked for this request (handlers of session and admin
+    routes; the table, not the handler, decides who may call)."""
+    if req.session is None:
+        raise unauthorized()
+    return req.session
+
+
 def require_admin(req: ApiRequest, sessions: SessionStore, access: AccessControl) -> Session:
     session = require_session(req, sessions, access)
     if not is_admin(session, access):

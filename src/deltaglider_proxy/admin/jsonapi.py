@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from deltaglider_proxy.auth.sessions import Session
 from deltaglider_proxy.s3api.http import Receive, Response
 
 MAX_JSON_BODY = 1024 * 1024  # §1.5 [D]
@@ -50,6 +51,8 @@ class ApiRequest:
     peer: str | None
     receive: Receive
     params: dict[str, str] = field(default_factory=dict)
+    # The caller's session, set by the route table once the route's auth requirement held.
+    session: Session | None = None
 
     def q(self, name: str) -> str | None:
         values = self.query.get(name)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 
 from deltaglider_proxy import __version__
-from deltaglider_proxy.admin.guard import is_admin, require_session, session_of
+from deltaglider_proxy.admin.guard import checked_session, is_admin, session_of
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, field_of, json_response
 from deltaglider_proxy.admin.state import AdminState
 from deltaglider_proxy.auth.passwords import CorruptHash, policy_error
@@ -110,7 +110,7 @@ async def login_as(state: AdminState, req: ApiRequest) -> Response:
 
 
 async def logout(state: AdminState, req: ApiRequest) -> Response:
-    session = require_session(req, state.sessions, state.services.access)
+    session = checked_session(req)
     _forget_presented(state, req)
     state.audit("logout", session, req)
     clear = f"{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0" + (
@@ -141,9 +141,7 @@ async def whoami(state: AdminState, req: ApiRequest) -> Response:
 
 
 async def change_password(state: AdminState, req: ApiRequest) -> Response:
-    session = require_session(req, state.sessions, state.services.access)
-    if not is_admin(session, state.services.access):
-        raise ApiError(403, "admin_session_required", "this endpoint needs an admin session")
+    session = checked_session(req)
     if (locked := await _gate(state, req)) is not None:
         return locked
     doc = await req.json()
@@ -194,14 +192,14 @@ async def policies(state: AdminState, req: ApiRequest) -> Response:
 
 
 async def get_s3_credentials(state: AdminState, req: ApiRequest) -> Response:
-    session = require_session(req, state.sessions, state.services.access)
+    session = checked_session(req)
     if not session.s3_credentials:
         raise ApiError(404, "no_credentials", "this session holds no S3 credentials")
     return json_response(200, {"endpoint": "", "region": "us-east-1", "bucket": "", **session.s3_credentials})
 
 
 async def put_s3_credentials(state: AdminState, req: ApiRequest) -> Response:
-    session = require_session(req, state.sessions, state.services.access)
+    session = checked_session(req)
     doc = await req.json()
     session.s3_credentials = {
         k: field_of(doc, k, str, "")
@@ -211,6 +209,6 @@ async def put_s3_credentials(state: AdminState, req: ApiRequest) -> Response:
 
 
 async def delete_s3_credentials(state: AdminState, req: ApiRequest) -> Response:
-    session = require_session(req, state.sessions, state.services.access)
+    session = checked_session(req)
     session.s3_credentials = {}
     return json_response(200, {"ok": True})

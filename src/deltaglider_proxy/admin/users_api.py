@@ -11,7 +11,7 @@ import string
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from deltaglider_proxy.admin.guard import require_admin
+from deltaglider_proxy.admin.guard import checked_session
 from deltaglider_proxy.admin.jsonapi import ApiError, ApiRequest, empty, field_of, json_response
 from deltaglider_proxy.admin.state import AdminState
 from deltaglider_proxy.auth.sessions import Session
@@ -66,7 +66,7 @@ async def _write(state: AdminState, change: Callable[[IamDatabase], T]) -> T:
 
 
 async def _admin(state: AdminState, req: ApiRequest, *, gated: bool = True) -> Session:
-    session = require_admin(req, state.sessions, state.services.access)
+    session = checked_session(req)
     if gated:
         state.declarative_gate(req)
     return session
