@@ -116,15 +116,23 @@ class DeltaStore:
 
     # ------------------------------------------------------------------ reference access
 
-    async def _reference_sketch(self, sha256: str, path: Path) -> Sketch:
+    def _cached_sketch(self, sha256: str) -> Sketch | None:
         sketch = self._sketches.get(sha256)
+        if sketch is not None:
+            self._sketches.move_to_end(sha256)
+        return sketch
+
+    def _remember_sketch(self, sha256: str, sketch: Sketch) -> None:
+        self._sketches[sha256] = sketch
+        self._sketches.move_to_end(sha256)
+        while len(self._sketches) > SKETCH_CACHE_ENTRIES:
+            self._sketches.popitem(last=False)
+
+    async def _reference_sketch(self, sha256: str, path: Path) -> Sketch:
+        sketch = self._cached_sketch(sha256)
         if sketch is None:
             sketch = await asyncio.to_thread(sketch_file, path)
-            self._sketches[sha256] = sketch
-            while len(self._sketches) > SKETCH_CACHE_ENTRIES:
-                self._sketches.popitem(last=False)
-        else:
-            self._sketches.move_to_end(sha256)
+            self._remember_sketch(sha256, sketch)
         return sketch
 
     # ------------------------------------------------------------------ PUT
@@ -193,7 +201,7 @@ class DeltaStore:
             if sha256 != record.file_sha256:
                 return "superseded"
             outcome = await self._encode_best(
-                bucket, key, copy, record.file_size, ref_record, False, policy, delta_path
+                bucket, key, copy, record.file_size, sha256, ref_record, False, policy, delta_path
             )
             if isinstance(outcome, Rejected):
                 return outcome.reason
@@ -251,6 +259,7 @@ class DeltaStore:
         key: ObjectKey,
         source: Path,
         size: int,
+        sha256: str,
         reference: FileMetadata,
         minted: bool,
         policy: CompressionPolicy,
@@ -287,6 +296,9 @@ class DeltaStore:
                     continue
                 ratio = delta_size / size
                 if ratio < policy.max_delta_ratio:
+                    if policy.strategy == "chain" and body_sketch is not None:
+                        # The body is the next PUT's base: its sketch spares that PUT a rebuild.
+                        self._remember_sketch(sha256, await body_sketch)
                     return candidate, delta_size
                 rejected = Rejected("ratio", ratio)
             return rejected
@@ -304,11 +316,13 @@ class DeltaStore:
         down the whole chain. A tip that is more similar keeps its place (pip's wheels drift)."""
         scores: list[float] = []
         for candidate in (candidates[0], candidates[-1]):
-            try:
-                async with self.chains.content(bucket, key.prefix, candidate.levels) as base_path:
-                    base_sketch = await self._reference_sketch(candidate.base.sha256, base_path)
-            except ChainBroken:
-                return candidates  # the loop reports it and falls back
+            base_sketch = self._cached_sketch(candidate.base.sha256)
+            if base_sketch is None:  # only then is the base rebuilt, just to sketch it
+                try:
+                    async with self.chains.content(bucket, key.prefix, candidate.levels) as base_path:
+                        base_sketch = await self._reference_sketch(candidate.base.sha256, base_path)
+                except ChainBroken:
+                    return candidates  # the loop reports it and falls back
             scores.append(containment(base_sketch, await body))
         if scores[1] >= scores[0]:
             return [candidates[-1], *candidates[:-1]]
@@ -351,7 +365,7 @@ class DeltaStore:
         delta_path = self.spool.new_path(".delta")
         try:
             outcome = await self._encode_best(
-                bucket, key, body.path, body.size, ref_record, minted, policy, delta_path
+                bucket, key, body.path, body.size, body.sha256_hex, ref_record, minted, policy, delta_path
             )
             if isinstance(outcome, Rejected):
                 if minted:
