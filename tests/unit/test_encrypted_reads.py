@@ -30,6 +30,7 @@ from deltaglider_proxy.storage.base import ObjectNotFound
 from deltaglider_proxy.storage.encrypted import EncryptedBackend, EncryptionPolicy
 from deltaglider_proxy.storage.encryption_io import BATCH_FRAMES
 from deltaglider_proxy.storage.filesystem import FilesystemBackend
+from deltaglider_proxy.storage.local_files import READ_AHEAD
 from deltaglider_proxy.storage.metadata import TOOL, FileMetadata
 
 T = TypeVar("T")
@@ -280,14 +281,18 @@ def test_a_stored_size_that_does_not_match_the_record_is_refused(setup: Setup) -
 def test_truncation_while_reading_fails_the_read(setup: Setup) -> None:
     """An out-of-band writer cuts the file short after the open: the read must fail, not end
     early as if the object were complete."""
-    setup.write("shrinking.bin", PLAINTEXT)
+    # Holding the first batch, the reader has read at most READ_AHEAD more: cut the one after.
+    cut_batch = 1 + READ_AHEAD
+    body = random.Random(9).randbytes((cut_batch + 2) * BATCH_FRAMES * CHUNK + 123)
+    cut_frame = cut_batch * BATCH_FRAMES + 3
+    setup.write("shrinking.bin", body)
 
     async def scenario() -> tuple[bytes, BaseException | None]:
         got = b""
         stream = setup.wrapper.read(BUCKET, "shrinking.bin")
         try:
-            got += await anext(stream)  # the second batch is being read already: cut the third
-            os.truncate(setup.path("shrinking.bin"), ef.frame_offset(2 * BATCH_FRAMES + 3) + 100)
+            got += await anext(stream)
+            os.truncate(setup.path("shrinking.bin"), ef.frame_offset(cut_frame) + 100)
             async for chunk in stream:
                 got += chunk
         except ef.EncryptionError as exc:
@@ -295,8 +300,8 @@ def test_truncation_while_reading_fails_the_read(setup: Setup) -> None:
         return got, None
 
     got, raised = run(scenario())
-    assert raised is not None and f"truncated: input ended inside frame {2 * BATCH_FRAMES + 3}" in str(raised)
-    assert got == PLAINTEXT[: 2 * BATCH_FRAMES * CHUNK]
+    assert raised is not None and f"truncated: input ended inside frame {cut_frame}" in str(raised)
+    assert got == body[: cut_batch * BATCH_FRAMES * CHUNK]
 
 
 def test_replacement_while_reading_serves_the_old_object_whole(setup: Setup) -> None:

@@ -21,8 +21,8 @@ from deltaglider_proxy.storage.local_files import PinnedFile
 # Ciphertext is handed to AES in pieces of about this size: big enough that the thread hop is
 # noise next to the AES work, small enough that a request holds a few MiB at most.
 BATCH_BYTES = 1024 * 1024
-# Frames per thread call when reading from a local file (about BATCH_BYTES). Measured through
-# the proxy: 32 is no faster, 8 pays for twice the thread hops, 64 for fresh 4 MiB buffers.
+# Frames per read of a local file, and per piece sent (about BATCH_BYTES). Measured through the
+# proxy: neither 8 nor 32 is faster, and 64 pays for fresh 4 MiB buffers.
 BATCH_FRAMES = 16
 KEY_CHECK_TEXT = b"deltaglider-proxy key check"
 
@@ -182,30 +182,16 @@ async def decrypt_frames(
     """Plaintext of frames ``first``..``last`` of the chunked object open in ``pinned``, one
     piece per ``batch`` frames (cut by ``trim`` for a range).
 
-    A batch is one thread call (:func:`read_frames`), and the next one is already running while
-    the caller sends this one, so disk, AES and sending overlap. Calls never overlap each
-    other, so they share one wire buffer, allocated once per read.
+    A batch is one :func:`read_frames` call; batches are read ahead of the caller
+    (:meth:`PinnedFile.read_ahead`), so disk, AES and sending overlap. The calls run one after
+    the other, in order, so they share one wire buffer (allocated once per read) and ``trim``.
     """
-    runs = range(first, last + 1, batch)
     span = frames.span(first, min(first + batch - 1, last))  # the first run is the longest
     buffer = bytearray(span[1] - span[0])
-
-    def start(run_first: int) -> asyncio.Future[bytes]:
-        run_last = min(run_first + batch - 1, last)
-        return pinned.submit(read_frames, frames, run_first, run_last, buffer, trim)
-
-    running = start(first)
-    try:
-        for run_first in runs[1:]:
-            piece = await running
-            running = start(run_first)
-            if piece:
-                yield piece
-        piece = await running
+    runs = ((frames, run, min(run + batch - 1, last), buffer, trim) for run in range(first, last + 1, batch))
+    async for piece in pinned.read_ahead(read_frames, runs):
         if piece:
             yield piece
-    finally:
-        running.cancel()  # left running only when the caller stopped early; see PinnedFile.submit
 
 
 def read_frames(
