@@ -34,6 +34,7 @@ from tests.support.backends import (
     start_backend,
     started_proxy,
 )
+from tests.support.file_opens import FileOpens
 from tests.support.server import PROXY_BIN, ProxyServer
 from tests.support.signing import presigned_url
 
@@ -303,6 +304,25 @@ def test_range_reads_only_the_frames_it_needs(setup: Setup, bucket: str) -> None
     assert get(setup.s3, bucket, "f.txt", Range=f"bytes={3 * CHUNK}-") == body[3 * CHUNK :]
     assert_internal_error(setup.s3, bucket, "f.txt", Range=f"bytes={2 * CHUNK - 1}-{2 * CHUNK}")
     assert_internal_error(setup.s3, bucket, "f.txt")
+
+
+def test_a_get_opens_the_stored_file_once(setup: Setup, bucket: str) -> None:
+    """Filesystem backend: a GET costs what a HEAD costs (the engine's lookup) plus one open,
+    which serves the record, the header and every frame, whole object or range."""
+    if setup.kind != "filesystem":
+        pytest.skip("counts opens of the stored file")
+    body = sample(SIZE, "opens")
+    setup.s3.put_object(Bucket=bucket, Key="o.txt", Body=body)
+    assert isinstance(setup.layout, FilesystemLayout)
+    with FileOpens(setup.layout._path(bucket, "o.txt")) as opens:
+        setup.s3.head_object(Bucket=bucket, Key="o.txt")
+        lookup = opens.take()
+        assert lookup >= 1
+        assert get(setup.s3, bucket, "o.txt") == body
+        assert opens.take() == lookup + 1
+        for first, last in ((0, 0), (CHUNK - 1, CHUNK), (SIZE - 1, SIZE - 1)):
+            assert get(setup.s3, bucket, "o.txt", Range=f"bytes={first}-{last}") == body[first : last + 1]
+            assert opens.take() == lookup + 1, (first, last)
 
 
 # --- tampering -----------------------------------------------------------------------------------

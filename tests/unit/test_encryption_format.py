@@ -631,3 +631,123 @@ def test_unmarked_ciphertext_guard() -> None:
         ef.refuse_unmarked_ciphertext(WIRE[:65_536])
     ef.refuse_unmarked_ciphertext(b"plain text")
     ef.refuse_unmarked_ciphertext(b"")
+
+
+# --- frame runs (random-access readers) ----------------------------------------------------------
+
+
+def run_of(wire: bytes, frames: ef.FrameRunDecryptor, first: int, last: int) -> bytes:
+    start, end = frames.span(first, last)
+    return b"".join(frames.decrypt(first, last, wire[start:end]))
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, SIZE])
+def test_every_frame_run_decrypts_to_its_plaintext(size: int) -> None:
+    plaintext = random.Random(size).randbytes(size)
+    wire = ef.encrypt_chunked(KEY, plaintext)
+    frames = ef.FrameRunDecryptor(KEY, size, wire[:HEADER_SIZE])
+    final = frames.final_index
+    assert frames.span(0, final) == (HEADER_SIZE, len(wire))
+    for first in range(final + 1):
+        for last in range(first, final + 1):
+            expected = plaintext[first * CHUNK_SIZE : (last + 1) * CHUNK_SIZE]
+            assert run_of(wire, frames, first, last) == expected, (first, last)
+
+
+@pytest.mark.parametrize("size", [1, CHUNK_SIZE, CHUNK_SIZE + 1, 200_000])
+def test_frame_runs_and_range_trim_give_exactly_the_range(size: int) -> None:
+    plaintext = random.Random(size).randbytes(size)
+    wire = ef.encrypt_chunked(KEY, plaintext)
+    frames = ef.FrameRunDecryptor(KEY, size, wire[:HEADER_SIZE])
+    points = boundary_points(size)
+    for start in points:
+        for end in (p for p in points if p > start):
+            plan = ef.plan_range(size, start, end)
+            trim = ef.RangeTrim(plan)
+            got = b""
+            # One frame per run, so the trim sees the first and the last frame separately.
+            for index in range(plan.first_chunk_index, plan.last_chunk_index + 1):
+                got += b"".join(
+                    trim.cut(piece) for piece in frames.decrypt(index, index, wire_of(wire, index))
+                )
+            assert got == plaintext[start:end], (start, end)
+
+
+def wire_of(wire: bytes, index: int) -> bytes:
+    offset, length = frames(wire)[index]
+    return wire[offset : offset + length]
+
+
+def assert_run_fails(
+    wire: bytes, first: int, last: int, error: type[Exception], match: str, size: int = SIZE
+) -> None:
+    run = ef.FrameRunDecryptor(KEY, size, WIRE[:HEADER_SIZE])
+    start, end = run.span(first, last)
+    with pytest.raises(error) as raised:
+        run.decrypt(first, last, wire[start:end])
+    assert re.search(match, str(raised.value)), raised.value
+
+
+def test_frame_run_refuses_a_wrong_length_field() -> None:
+    offset, _ = FRAMES[1]
+    assert_run_fails(flip(WIRE, offset), 0, 3, MalformedCiphertext, "frame 1 declares 65553 bytes but 65552")
+    assert_run_fails(flip(WIRE, offset + 3, 0x80), 1, 2, MalformedCiphertext, "frame 1 declares .* above")
+    last, _ = FRAMES[3]
+    assert_run_fails(flip(WIRE, last), 3, 3, MalformedCiphertext, "frame 3 declares 3409 bytes but 3408")
+
+
+@pytest.mark.parametrize("frame", range(4))
+def test_frame_run_refuses_a_tampered_frame(frame: int) -> None:
+    offset, length = FRAMES[frame]
+    for damaged in (flip(WIRE, offset + length - 1, 0x80), flip(WIRE, offset + 4 + 7)):
+        assert_run_fails(damaged, 0, 3, DecryptionError, f"decryption failed .* in frame {frame}$")
+        assert_run_fails(damaged, frame, frame, DecryptionError, f"in frame {frame}$")
+        run = ef.FrameRunDecryptor(KEY, SIZE, WIRE[:HEADER_SIZE])
+        others = [index for index in range(4) if index != frame]
+        for index in others:  # runs that do not hold the damage still authenticate
+            assert (
+                run_of(damaged, run, index, index) == PLAINTEXT[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+            )
+
+
+def test_frame_run_binds_index_and_final_flag() -> None:
+    run = ef.FrameRunDecryptor(KEY, SIZE, WIRE[:HEADER_SIZE])
+    with pytest.raises(DecryptionError, match=r"in frame 1$"):
+        run.decrypt(1, 1, wire_of(WIRE, 2))  # frame 2's bytes where frame 1 belongs
+    (o1, l1), (o2, l2) = FRAMES[1], FRAMES[2]
+    swapped = WIRE[:o1] + WIRE[o2 : o2 + l2] + WIRE[o1 : o1 + l1] + WIRE[o2 + l2 :]
+    assert_run_fails(swapped, 0, 3, DecryptionError, "in frame 1$")
+    # Frame 0 of a two-frame object, passed off as the final frame of a one-frame object.
+    two = ef.encrypt_chunked(KEY, PLAINTEXT[: 2 * CHUNK_SIZE])
+    single = ef.FrameRunDecryptor(KEY, CHUNK_SIZE, two[:HEADER_SIZE])
+    with pytest.raises(DecryptionError, match=r"in frame 0$"):
+        single.decrypt(0, 0, wire_of(two, 0))
+    # And the final frame of that object read as if more frames followed it.
+    longer = ef.FrameRunDecryptor(KEY, 3 * CHUNK_SIZE, two[:HEADER_SIZE])
+    with pytest.raises(DecryptionError, match=r"in frame 1$"):
+        longer.decrypt(1, 1, wire_of(two, 1))
+
+
+def test_frame_run_reports_truncation() -> None:
+    run = ef.FrameRunDecryptor(KEY, SIZE, WIRE[:HEADER_SIZE])
+    start, end = run.span(2, 3)
+    for cut in (1, 16, FRAMES[3][1] - 3, FRAMES[3][1]):
+        with pytest.raises(
+            MalformedCiphertext, match=r"truncated: input ended inside frame 3 .*frames up to 3"
+        ):
+            run.decrypt(2, 3, WIRE[start : end - cut])
+    with pytest.raises(MalformedCiphertext, match="inside frame 2"):
+        run.decrypt(2, 3, b"")
+
+
+def test_frame_run_arguments() -> None:
+    run = ef.FrameRunDecryptor(KEY, SIZE, WIRE[:HEADER_SIZE])
+    for first, last in ((-1, 0), (2, 1), (0, 4)):
+        with pytest.raises(ValueError, match=r"not within 0\.\.3"):
+            run.span(first, last)
+    with pytest.raises(ValueError, match="which span"):
+        run.decrypt(3, 3, WIRE[FRAMES[3][0] :] + b"x")
+    with pytest.raises(MalformedCiphertext, match="magic"):
+        ef.FrameRunDecryptor(KEY, SIZE, flip(WIRE, 0)[:HEADER_SIZE])
+    with pytest.raises(MalformedCiphertext, match="inside its 16-byte header"):
+        ef.FrameRunDecryptor(KEY, SIZE, WIRE[:10])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -812,3 +813,166 @@ def test_an_object_keeps_its_version_when_it_becomes_a_directory(store: Store) -
     run(store.backend.write(BUCKET, "a", source, record_for("a", b"z"), if_match=first.version))
     assert store.read("a") == b"rewritten in place"
     assert store.read("a/child") == b"child"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned opens: one fd for record, size and bytes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pinned_open_keeps_the_old_object_while_it_is_replaced(store: Store) -> None:
+    old, new = payload(1, 2 * MiB + 99), payload(2, 5000)
+    store.write("hot/pinned", old)
+
+    async def scenario() -> tuple[StoredObject, bytes, bytes]:
+        pinned = await store.backend.open_pinned(BUCKET, "hot/pinned", head_bytes=16)
+        try:
+            body = pinned.stream()
+            first = await anext(body)
+            await store.awrite("hot/pinned", new)  # renamed over the object mid-read
+            rest = b"".join([chunk async for chunk in body])
+            return pinned.stored, pinned.head, first + rest
+        finally:
+            pinned.close()
+
+    stored, head, body = run(scenario())
+    assert body == old and head == old[:16]
+    assert stored.size == len(old) and stored.record is not None
+    assert stored.record.file_sha256 == hashlib.sha256(old).hexdigest()
+    assert store.read("hot/pinned") == new  # what a new open sees
+
+
+def test_pinned_record_comes_from_the_open_fd(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object is replaced right after the open, before its record is read: the record must
+    still be the one of the file that was opened, not of whatever the name holds by then."""
+    old, new = payload(1, 3000), payload(2, 7000)
+    store.write("raced", old)
+    replacement = store.spool / "replacement"
+    replacement.write_bytes(new)
+    real_open = filesystem.FilesystemBackend._open_object
+
+    def open_then_replace(self: FilesystemBackend, *args: Any) -> Any:
+        opened = real_open(self, *args)
+        if replacement.exists():
+            record = filesystem.to_xattr_json(record_for("raced", new))
+            self._write(BUCKET, split_name("raced"), replacement, record, True)
+        return opened
+
+    monkeypatch.setattr(filesystem.FilesystemBackend, "_open_object", open_then_replace)
+
+    async def scenario() -> tuple[StoredObject, bytes]:
+        pinned = await store.backend.open_pinned(BUCKET, "raced")
+        try:
+            return pinned.stored, b"".join([chunk async for chunk in pinned.stream()])
+        finally:
+            pinned.close()
+
+    stored, body = run(scenario())
+    assert not replacement.exists()  # the replacement did happen
+    assert body == old and stored.size == len(old)
+    assert stored.record is not None and stored.record.file_size == len(old)
+    assert store.read("raced") == new  # while the name holds the replacement
+
+
+def test_pinned_open_of_a_missing_object(store: Store) -> None:
+    with pytest.raises(ObjectNotFound):
+        run(store.backend.open_pinned(BUCKET, "absent"))
+    with pytest.raises(BucketNotFound):
+        run(store.backend.open_pinned("no-such-bucket", "x"))
+
+
+def test_cancelled_read_closes_its_fd_only_after_the_pread_in_flight(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3 * MiB)
+    store.write("slow", data)
+    held, release = threading.Event(), threading.Event()
+    seen: list[tuple[int, bytes]] = []
+    real_pread = os.pread
+
+    def held_pread(fd: int, length: int, offset: int) -> bytes:
+        if offset == MiB:  # the second chunk stays in flight until the reader is gone
+            held.set()
+            release.wait()
+            seen.append((fd, real_pread(fd, length, offset)))
+            return seen[-1][1]
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", held_pread)
+
+    async def scenario() -> int:
+        async def consume() -> None:
+            async for _chunk in store.backend.read(BUCKET, "slow"):
+                pass
+
+        task = asyncio.create_task(consume())
+        try:
+            await asyncio.to_thread(held.wait)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            fd = open_fds_of(store.space / "slow")
+            assert len(fd) == 1, "closed while its pread was still running"
+        finally:
+            release.set()
+        await asyncio.get_running_loop().shutdown_default_executor()  # the pread returned
+        await asyncio.sleep(0)
+        return fd[0]
+
+    fd = run(scenario())
+    assert seen == [(fd, data[MiB : 2 * MiB])]  # the pread read the object, not a reused fd
+    assert open_fds_of(store.space / "slow") == []
+
+
+def test_cancelled_open_leaks_no_fd(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.write("opened", b"bytes")
+    opening, release = threading.Event(), threading.Event()
+    real_open = filesystem.FilesystemBackend._open_object
+
+    def held_open(self: FilesystemBackend, *args: Any) -> Any:
+        opened = real_open(self, *args)
+        opening.set()
+        release.wait()
+        return opened
+
+    monkeypatch.setattr(filesystem.FilesystemBackend, "_open_object", held_open)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.backend.open_pinned(BUCKET, "opened"))
+        try:
+            await asyncio.to_thread(opening.wait)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            release.set()
+        await asyncio.get_running_loop().shutdown_default_executor()
+        await asyncio.sleep(0)
+
+    run(scenario())
+    assert open_fds_of(store.space / "opened") == []
+
+
+def open_fds_of(path: Path) -> list[int]:
+    """This process's fds open on ``path``."""
+    found = []
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{entry}") == str(path):
+                found.append(int(entry))
+    return found
+
+
+def test_pinned_file_after_close(store: Store) -> None:
+    store.write("closed", b"abc")
+
+    async def scenario() -> None:
+        pinned = await store.backend.open_pinned(BUCKET, "closed")
+        assert await pinned.run(os.pread, 3, 0) == b"abc"
+        pinned.close()
+        pinned.close()  # idempotent
+        with pytest.raises(RuntimeError, match="after close"):
+            pinned.submit(os.pread, 3, 0)
+
+    run(scenario())
+    assert open_fds_of(store.space / "closed") == []

@@ -6,8 +6,10 @@ plaintext. Below it the backend only ever sees ``aes-256-gcm-chunked-v1`` cipher
 backends in ``aes256-gcm-proxy`` mode. Writes encrypt file to file in a worker thread into a
 private work directory and hand the ciphertext file to the backend, so memory stays at a few
 MiB whatever the object size. Reads decrypt frame by frame; a range decrypts only the frames it
-covers. The legacy single-shot format (``aes-256-gcm-v1``) is read-only: it is authenticated
-into a private temp file before a byte of it is served.
+covers. A backend that can pin an open object (the filesystem's ``open_pinned``) is read through
+that one fd: record, header and frames from one inode, whole batches of frames read and
+decrypted per thread call. The legacy single-shot format (``aes-256-gcm-v1``) is read-only: it
+is authenticated into a private temp file before a byte of it is served.
 
 The wrapper runs in every mode, also ``none``: marked objects are still decrypted (with a
 legacy or previous key) or refused, and an unmarked body starting with the chunked magic is
@@ -42,13 +44,15 @@ from deltaglider_proxy.storage.encryption_io import (
     SealingWriter,
     batched,
     check_key,
+    decrypt_frames,
     decrypt_single_shot_file,
+    decrypt_single_shot_from,
     encrypt_file,
     pipelined,
     stream_to_file,
     unlink_all,
 )
-from deltaglider_proxy.storage.local_files import stream_file
+from deltaglider_proxy.storage.local_files import PinnedFile, stream_file
 from deltaglider_proxy.storage.metadata import FileMetadata
 
 log = logging.getLogger(__name__)
@@ -170,8 +174,8 @@ class EncryptedBackend:
 
     def __getattr__(self, name: str) -> Any:
         # Backend-specific extras (sweep_temp_files, check, root...) stay reachable; copy is
-        # not among them (see EncryptedCopyingBackend).
-        if name in ("copy", "can_copy"):
+        # not among them (see EncryptedCopyingBackend), nor the raw ciphertext of open_pinned.
+        if name in ("copy", "can_copy", "open_pinned"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -278,11 +282,23 @@ class EncryptedBackend:
     ) -> AsyncIterator[bytes]:
         """Plaintext bytes [start, end) of the object (see the module docstring)."""
         # The record decides how to read, so it is looked up fresh for every read: a cached one
-        # could let an object replaced by its encrypted version be served as plaintext. Where this
-        # backend writes plaintext, objects are expected unmarked: a backend that answers a read
-        # with the record (S3's GetObject) is asked once, optimistically; only a marked answer then
-        # costs the HEAD and the frame-exact reads. Where it encrypts, almost every object is
-        # marked, so that guess would waste a GET: the HEAD comes first, as it must.
+        # could let an object replaced by its encrypted version be served as plaintext.
+        pin = getattr(self.inner, "open_pinned", None)
+        if pin is not None:
+            # A local backend opens the object once for all of it: record, size, header and
+            # frames come from one inode, so a concurrent replacement cannot pair one object's
+            # record with another's bytes, and no second open (a third for ranges) is paid.
+            pinned: PinnedFile = await pin(bucket, name, head_bytes=ef.HEADER_SIZE)
+            try:
+                async for chunk in self._read_stored(bucket, name, pinned.stored, start, end, pinned):
+                    yield chunk
+            finally:
+                pinned.close()
+            return
+        # Where this backend writes plaintext, objects are expected unmarked: a backend that
+        # answers a read with the record (S3's GetObject) is asked once, optimistically; only a
+        # marked answer then costs the HEAD and the frame-exact reads. Where it encrypts, almost
+        # every object is marked, so that guess would waste a GET: the HEAD comes first.
         opener = getattr(self.inner, "open_read", None)
         optimistic = self.policy.write_key is None and not (start > 0 and self.policy.ring.known_ids)
         if opener is not None and optimistic:
@@ -297,20 +313,33 @@ class EncryptedBackend:
         stored = await self.inner.head(bucket, name)
         if stored is None:
             raise ObjectNotFound(name)
+        async for chunk in self._read_stored(bucket, name, stored, start, end, None):
+            yield chunk
+
+    async def _read_stored(
+        self,
+        bucket: str,
+        name: str,
+        stored: StoredObject,
+        start: int,
+        end: int | None,
+        pinned: PinnedFile | None,
+    ) -> AsyncIterator[bytes]:
+        """Read ``stored`` the way its markers say: through ``pinned`` when the object is open
+        already, else through the backend."""
         marker, stamped = markers_of(stored.record)
         if marker is None:
-            async for chunk in self._read_unmarked(bucket, name, start, end):
-                yield chunk
-            return
-        assert stored.record is not None
-        key = self._key_for(bucket, name, stamped)
-        if marker == ef.MARKER_CHUNKED:
-            size = stored_plaintext_size(stored.record)
-            reader = self._read_chunked(bucket, name, stored, key, stamped, size, start, end)
-        elif marker == ef.MARKER_SINGLE_SHOT:
-            reader = self._read_single_shot(bucket, name, key, stamped, start, end)
+            reader = self._read_unmarked(bucket, name, start, end, pinned)
         else:
-            self._fail(bucket, name, stamped, f"unknown dg-encrypted marker {marker!r}")
+            assert stored.record is not None
+            key = self._key_for(bucket, name, stamped)
+            if marker == ef.MARKER_CHUNKED:
+                size = stored_plaintext_size(stored.record)
+                reader = self._read_chunked(bucket, name, stored, key, stamped, size, start, end, pinned)
+            elif marker == ef.MARKER_SINGLE_SHOT:
+                reader = self._read_single_shot(bucket, name, key, stamped, start, end, pinned)
+            else:
+                self._fail(bucket, name, stamped, f"unknown dg-encrypted marker {marker!r}")
         async for chunk in reader:
             yield chunk
 
@@ -333,31 +362,38 @@ class EncryptedBackend:
         raise ef.EncryptionError(f"{bucket}/{name}: {reason}")
 
     async def _read_unmarked(
-        self, bucket: str, name: str, start: int, end: int | None
+        self, bucket: str, name: str, start: int, end: int | None, pinned: PinnedFile | None
     ) -> AsyncIterator[bytes]:
         if start > 0 and self.policy.ring.known_ids:
             # Only a read from offset 0 sees the magic. Where keys are configured (so ciphertext
             # of ours may be here) a range also checks the first bytes; elsewhere that extra
             # request per range is not worth it (upstream checks no ranges at all).
-            head = b"".join([c async for c in self.inner.read(bucket, name, 0, len(ef.MAGIC))])
+            if pinned is not None:
+                head = pinned.head
+            else:
+                head = b"".join([c async for c in self.inner.read(bucket, name, 0, len(ef.MAGIC))])
             self._refuse_magic(bucket, name, head)
-        async for chunk in self._checked_unmarked(
-            bucket, name, start, self.inner.read(bucket, name, start, end)
-        ):
+        if pinned is not None:
+            stream = self._checked_unmarked(bucket, name, start, pinned.stream(start, end), pinned.head)
+        else:
+            stream = self._checked_unmarked(bucket, name, start, self.inner.read(bucket, name, start, end))
+        async for chunk in stream:
             yield chunk
 
     async def _checked_unmarked(
-        self, bucket: str, name: str, start: int, stream: AsyncIterator[bytes]
+        self, bucket: str, name: str, start: int, stream: AsyncIterator[bytes], head: bytes | None = None
     ) -> AsyncIterator[bytes]:
-        """``stream`` (bytes from ``start`` of an unmarked object), refused if it starts with our magic."""
+        """``stream`` (bytes from ``start`` of an unmarked object), refused if it starts with our
+        magic; ``head`` holds the object's first bytes when the caller read them already."""
         first = start == 0
         async for chunk in stream:
             if first:
                 first = False
-                head = chunk
-                if len(head) < len(ef.MAGIC):  # a short first chunk (or range): look further
-                    rest = self.inner.read(bucket, name, len(head), len(ef.MAGIC))
-                    head += b"".join([c async for c in rest])
+                if head is None:
+                    head = chunk
+                    if len(head) < len(ef.MAGIC):  # a short first chunk (or range): look further
+                        rest = self.inner.read(bucket, name, len(head), len(ef.MAGIC))
+                        head += b"".join([c async for c in rest])
                 self._refuse_magic(bucket, name, head)
             yield chunk
 
@@ -377,6 +413,7 @@ class EncryptedBackend:
         size: int,
         start: int,
         end: int | None,
+        pinned: PinnedFile | None,
     ) -> AsyncIterator[bytes]:
         end = size if end is None else min(end, size)
         start = max(start, 0)
@@ -393,36 +430,66 @@ class EncryptedBackend:
         if not whole and start >= end:
             return
         try:
-            if whole:
-                decryptor: Any = ef.ChunkedDecryptor(key, size)
-                source = self.inner.read(bucket, name)
+            if pinned is not None:
+                reader = _chunked_from_pinned(pinned, key, size, start, end, whole)
             else:
-                plan = ef.plan_range(size, start, end)
-                header = b"".join([c async for c in self.inner.read(bucket, name, 0, ef.HEADER_SIZE)])
-                decryptor = ef.ChunkedRangeDecryptor(key, size, header, plan)
-                source = self.inner.read(bucket, name, plan.wire_start, plan.wire_end)
-            async for plain in pipelined(batched(source), decryptor.update):
+                reader = self._chunked_from_stream(bucket, name, key, size, start, end, whole)
+            async for plain in reader:
                 yield plain
-            decryptor.finish()
         except ef.EncryptionError as exc:
             self._fail(bucket, name, stamped, str(exc))
 
-    async def _read_single_shot(
-        self, bucket: str, name: str, key: bytes, stamped: str | None, start: int, end: int | None
+    async def _chunked_from_stream(
+        self, bucket: str, name: str, key: bytes, size: int, start: int, end: int, whole: bool
     ) -> AsyncIterator[bytes]:
-        sealed = self._temp_path(".legacy")
+        """Plaintext [start, end) of a chunked object, decrypted from the backend's byte stream."""
+        if whole:
+            decryptor: Any = ef.ChunkedDecryptor(key, size)
+            source = self.inner.read(bucket, name)
+        else:
+            plan = ef.plan_range(size, start, end)
+            header = b"".join([c async for c in self.inner.read(bucket, name, 0, ef.HEADER_SIZE)])
+            decryptor = ef.ChunkedRangeDecryptor(key, size, header, plan)
+            source = self.inner.read(bucket, name, plan.wire_start, plan.wire_end)
+        async for plain in pipelined(batched(source), decryptor.update):
+            yield plain
+        decryptor.finish()
+
+    async def _read_single_shot(
+        self,
+        bucket: str,
+        name: str,
+        key: bytes,
+        stamped: str | None,
+        start: int,
+        end: int | None,
+        pinned: PinnedFile | None,
+    ) -> AsyncIterator[bytes]:
         opened = self._temp_path(".plain")
         try:
-            await stream_to_file(self.inner.read(bucket, name), sealed)
             try:
-                await asyncio.to_thread(decrypt_single_shot_file, key, sealed, opened)
+                await self._unseal_single_shot(bucket, name, key, opened, pinned)
             except ef.EncryptionError as exc:
                 self._fail(bucket, name, stamped, str(exc))
-            await asyncio.to_thread(sealed.unlink, True)
             async for chunk in stream_file(opened, max(start, 0), end):
                 yield chunk
         finally:
-            await asyncio.to_thread(unlink_all, sealed, opened)
+            await asyncio.to_thread(unlink_all, opened)
+
+    async def _unseal_single_shot(
+        self, bucket: str, name: str, key: bytes, target: Path, pinned: PinnedFile | None
+    ) -> None:
+        """Authenticate the whole single-shot object into ``target`` before a byte is served."""
+        if pinned is not None:
+            # Straight from the open fd: no sealed copy of the object on local disk.
+            await pinned.run(decrypt_single_shot_from, key, pinned.size, target)
+            return
+        sealed = self._temp_path(".legacy")
+        try:
+            await stream_to_file(self.inner.read(bucket, name), sealed)
+            await asyncio.to_thread(decrypt_single_shot_file, key, sealed, target)
+        finally:
+            await asyncio.to_thread(sealed.unlink, True)
 
     def _temp_path(self, suffix: str) -> Path:
         return self.work_dir / f".dg.crypt.{secrets.token_hex(8)}{suffix}"
@@ -481,6 +548,18 @@ def _marked(record: FileMetadata, key_id: str) -> FileMetadata:
     """``record`` as stored for a chunked-encrypted object sealed with ``key_id``."""
     user = {**record.user_metadata, ef.MARKER_KEY: ef.MARKER_CHUNKED, ef.KEY_ID_KEY: key_id}
     return replace(record, user_metadata=user)
+
+
+def _chunked_from_pinned(
+    pinned: PinnedFile, key: bytes, size: int, start: int, end: int, whole: bool
+) -> AsyncIterator[bytes]:
+    """Plaintext [start, end) of the chunked object open in ``pinned``: only the frames the
+    range covers are read and decrypted, batch by batch (:func:`decrypt_frames`)."""
+    frames = ef.FrameRunDecryptor(key, size, pinned.head)
+    if whole:
+        return decrypt_frames(pinned, frames, 0, frames.final_index)
+    plan = ef.plan_range(size, start, end)
+    return decrypt_frames(pinned, frames, plan.first_chunk_index, plan.last_chunk_index, ef.RangeTrim(plan))
 
 
 def _plaintext_view(stored: StoredObject | None) -> StoredObject | None:

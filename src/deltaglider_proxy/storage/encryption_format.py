@@ -414,6 +414,35 @@ class _FrameCrypto:
     def aad(self, index: int) -> bytes:
         return _AAD.pack(MAGIC, index, 1 if index == self.final else 0)
 
+    def open(self, index: int, sealed: bytes | bytearray | memoryview) -> bytes:
+        """Authenticate and decrypt the body (ciphertext || tag) of frame ``index``."""
+        try:
+            return self.aead.decrypt(self.nonce(index), sealed, self.aad(index))
+        except InvalidTag:
+            raise DecryptionError(f"{DECRYPTION_FAILED} in frame {index}") from None
+
+
+def _check_frame_length(index: int, declared: int, plaintext_size: int) -> None:
+    """Refuse a frame whose length field is not the one ``plaintext_size`` implies, before a
+    byte of it is buffered or decrypted."""
+    if declared > MAX_FRAME_LEN:
+        raise MalformedCiphertext(
+            f"frame {index} declares {declared} bytes, above the {MAX_FRAME_LEN}-byte limit"
+        )
+    expected = chunk_length(plaintext_size, index) + TAG_SIZE
+    if declared != expected:
+        raise MalformedCiphertext(
+            f"frame {index} declares {declared} bytes but {expected} are expected for a "
+            f"{plaintext_size}-byte object (wrong file_size, or the frames were tampered with)"
+        )
+
+
+def _truncated(where: str, last: int, plaintext_size: int) -> MalformedCiphertext:
+    return MalformedCiphertext(
+        f"chunked object truncated: input ended inside {where} "
+        f"(frames up to {last} expected for {plaintext_size} plaintext bytes)"
+    )
+
 
 def make_header(base_iv: bytes) -> bytes:
     if len(base_iv) != IV_SIZE:
@@ -597,10 +626,7 @@ class ChunkedDecryptor:
         if not self._done:
             self._failed = True
             where = "its header" if self._crypto is None else f"frame {self._index}"
-            raise MalformedCiphertext(
-                f"chunked object truncated: input ended inside {where} "
-                f"(frames up to {self._last} expected for {self._size} plaintext bytes)"
-            )
+            raise _truncated(where, self._last, self._size)
         if self._trailing:
             log.warning(
                 "chunked object has %d bytes after frame %d; ignored (plaintext already emitted)",
@@ -639,23 +665,11 @@ class ChunkedDecryptor:
         index = self._index
         if not self._in_body:
             declared = _LEN.unpack(unit)[0]
-            if declared > MAX_FRAME_LEN:
-                raise MalformedCiphertext(
-                    f"frame {index} declares {declared} bytes, above the {MAX_FRAME_LEN}-byte limit"
-                )
-            expected = chunk_length(self._size, index) + TAG_SIZE
-            if declared != expected:
-                raise MalformedCiphertext(
-                    f"frame {index} declares {declared} bytes but {expected} are expected for a "
-                    f"{self._size}-byte object (wrong file_size, or the frames were tampered with)"
-                )
+            _check_frame_length(index, declared, self._size)
             self._need = declared
             self._in_body = True
             return
-        try:
-            plaintext = crypto.aead.decrypt(crypto.nonce(index), unit, crypto.aad(index))
-        except InvalidTag:
-            raise DecryptionError(f"{DECRYPTION_FAILED} in frame {index}") from None
+        plaintext = crypto.open(index, unit)
         if plaintext:  # only an empty object's single frame is empty
             out.append(plaintext)
         self._in_body = False
@@ -672,6 +686,28 @@ def decrypt_chunked(key: bytes, wire: bytes | bytearray | memoryview, plaintext_
     return plaintext
 
 
+class RangeTrim:
+    """Cuts the plaintext of a :class:`RangePlan`'s frames, fed in order, to the planned bytes."""
+
+    __slots__ = ("_left", "_skip")
+
+    def __init__(self, plan: RangePlan) -> None:
+        self._skip = plan.skip_head_bytes
+        self._left = plan.take_bytes
+
+    def cut(self, piece: bytes) -> bytes:
+        """The part of ``piece`` (the next plaintext of the range's frames) inside the range."""
+        # Only the first and last frame of the range are cut; the rest pass through uncopied.
+        if self._skip:
+            dropped = min(self._skip, len(piece))
+            piece = piece[dropped:]
+            self._skip -= dropped
+        if len(piece) > self._left:
+            piece = piece[: self._left]
+        self._left -= len(piece)
+        return piece
+
+
 class ChunkedRangeDecryptor:
     """Decrypts the wire slice of a :class:`RangePlan` and returns exactly the planned plaintext."""
 
@@ -683,23 +719,65 @@ class ChunkedRangeDecryptor:
             first_index=plan.first_chunk_index,
             last_index=plan.last_chunk_index,
         )
-        self._skip = plan.skip_head_bytes
-        self._left = plan.take_bytes
+        self._trim = RangeTrim(plan)
 
     def update(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        out = []
-        for piece in self._inner.update(data):
-            # Only the first and last frame of the range are cut; the rest pass through uncopied.
-            if self._skip:
-                dropped = min(self._skip, len(piece))
-                piece = piece[dropped:]
-                self._skip -= dropped
-            if len(piece) > self._left:
-                piece = piece[: self._left]
-            self._left -= len(piece)
-            if piece:
-                out.append(piece)
-        return out
+        cut = self._trim.cut
+        return [piece for piece in map(cut, self._inner.update(data)) if piece]
 
     def finish(self) -> None:
         self._inner.finish()
+
+
+# --- chunked: frame runs (readers with frame-exact random access) ------------------------------
+
+
+class FrameRunDecryptor:
+    """Decrypts runs of whole, consecutive frames of one chunked object from their wire bytes.
+
+    For readers that fetch byte ranges themselves (a local file, read with ``pread``): every
+    frame's offset and length follow from ``plaintext_size``, so a run is fetched in one read
+    of exactly :meth:`span` and decrypted without parsing state carried between runs. The checks
+    and messages are :class:`ChunkedDecryptor`'s: each length field must be the expected one,
+    each frame must authenticate under its own index and final flag, and input that ends early
+    is reported as truncation. Only plaintext of frames that authenticated is ever returned.
+    """
+
+    __slots__ = ("_crypto", "_size", "final_index")
+
+    def __init__(self, key: bytes, plaintext_size: int, header: bytes | bytearray | memoryview) -> None:
+        self._size = plaintext_size
+        self.final_index = final_chunk_index(plaintext_size)
+        self._crypto = _FrameCrypto(key, parse_header(header), self.final_index)
+
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """Wire offsets ``[start, end)`` of frames ``first``..``last``."""
+        if not 0 <= first <= last <= self.final_index:
+            raise ValueError(f"frames {first}..{last} are not within 0..{self.final_index}")
+        return frame_offset(first), frame_offset(last) + LEN_SIZE + chunk_length(self._size, last) + TAG_SIZE
+
+    def decrypt(self, first: int, last: int, wire: bytes | bytearray | memoryview) -> list[bytes]:
+        """Plaintext of frames ``first``..``last``, one piece per non-empty frame, from ``wire``:
+        the bytes at :meth:`span`, or fewer when the object ended early (which raises)."""
+        start, end = self.span(first, last)
+        view = memoryview(wire).cast("B")
+        if len(view) > end - start:
+            raise ValueError(
+                f"{len(view)} wire bytes given for frames {first}..{last}, which span {end - start}"
+            )
+        crypto, size = self._crypto, self._size
+        out: list[bytes] = []
+        pos = 0
+        for index in range(first, last + 1):
+            if len(view) - pos < LEN_SIZE:
+                raise _truncated(f"frame {index}", last, size)
+            declared = _LEN.unpack_from(view, pos)[0]
+            _check_frame_length(index, declared, size)
+            body = pos + LEN_SIZE
+            pos = body + declared
+            if pos > len(view):
+                raise _truncated(f"frame {index}", last, size)
+            plaintext = crypto.open(index, view[body:pos])
+            if plaintext:  # only an empty object's single frame is empty
+                out.append(plaintext)
+        return out

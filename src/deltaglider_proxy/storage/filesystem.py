@@ -65,6 +65,7 @@ from deltaglider_proxy.storage.fs_names import (
     segment_bytes,
     split_name,
 )
+from deltaglider_proxy.storage.local_files import PinnedFile
 from deltaglider_proxy.storage.metadata import TOOL, FileMetadata, from_xattr_json, to_xattr_json, utcnow
 
 _log = logging.getLogger(__name__)
@@ -421,6 +422,10 @@ class _TreeLock:
             self._mutex.release()
 
 
+def _unloaded(name: str, info: os.stat_result) -> StoredObject:
+    return StoredObject(name=name, size=info.st_size, modified=_modified(info), record_loaded=False)
+
+
 def _storage_error(exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"disk full: {exc}")
@@ -538,7 +543,7 @@ class FilesystemBackend:
         await self.sweep_temp_files()
 
     async def close(self) -> None:
-        """Nothing to release: no fd outlives the call that opened it."""
+        """Nothing to release: an fd lives as long as the call or the pinned read that opened it."""
 
     async def sweep_temp_files(self, max_age: float = TEMP_MAX_AGE_SECONDS) -> int:
         """Remove ``.dg.tmp.*`` entries older than ``max_age`` seconds; returns how many."""
@@ -579,47 +584,40 @@ class FilesystemBackend:
         The fd pins the inode current at open, so a concurrent overwrite (a rename) cannot tear
         the stream.
         """
-        _check_bucket(bucket)
-        segments = split_name(name)
-        fd, size = await self._open_read(bucket, name, segments)
-        loop = asyncio.get_running_loop()
-        in_flight: asyncio.Future[bytes] | None = None
+        pinned = await self._pin(bucket, name, with_record=False)
         try:
-            position, stop = max(start, 0), size if end is None else min(end, size)
-            while position < stop:
-                in_flight = loop.run_in_executor(
-                    None, os.pread, fd, min(CHUNK_SIZE, stop - position), position
-                )
-                try:
-                    chunk = await asyncio.shield(in_flight)
-                except OSError as exc:
-                    raise _storage_error(exc) from exc
-                if not chunk:
-                    break  # truncated underneath us (only by an out-of-band writer)
-                position += len(chunk)
+            async for chunk in pinned.stream(start, end):
                 yield chunk
         finally:
-            if in_flight is not None and not in_flight.done():
-                # Cancelled mid-read: the pread still runs, and closing now could let it read
-                # a reused fd number. Close once it is done.
-                in_flight.add_done_callback(lambda _future: os.close(fd))
-            else:
-                os.close(fd)  # a read-only close does not block
+            pinned.close()
 
-    async def _open_read(self, bucket: str, name: str, segments: Sequence[str]) -> tuple[int, int]:
-        """(fd, size) of the object; ObjectNotFound when absent. Never leaks the fd, even when
-        the caller is cancelled while the open runs in its thread."""
-        opened = asyncio.get_running_loop().run_in_executor(None, self._open_for_read, bucket, segments)
+    async def open_pinned(self, bucket: str, name: str, *, head_bytes: int = 0) -> PinnedFile:
+        """The object opened once, for a reader that needs its record and bytes to agree.
+
+        One thread hop opens the file and reads, through that fd, its size, its record and its
+        first ``head_bytes`` bytes; the caller reads the body through the same fd and must
+        :meth:`PinnedFile.close` it. ObjectNotFound when absent, like :meth:`read`.
+        """
+        return await self._pin(bucket, name, with_record=True, head_bytes=head_bytes)
+
+    async def _pin(self, bucket: str, name: str, *, with_record: bool, head_bytes: int = 0) -> PinnedFile:
+        """Open the object (see :meth:`open_pinned`). Never leaks the fd, even when the caller
+        is cancelled while the open runs in its thread."""
+        _check_bucket(bucket)
+        segments = split_name(name)
+        opened = asyncio.get_running_loop().run_in_executor(
+            None, self._open_pinned, bucket, name, segments, with_record, head_bytes
+        )
         try:
-            result = await asyncio.shield(opened)
+            pinned = await asyncio.shield(opened)
         except asyncio.CancelledError:
             opened.add_done_callback(_close_opened)
             raise
         except OSError as exc:
             raise _storage_error(exc) from exc
-        if result is None:
+        if pinned is None:
             raise ObjectNotFound(name)
-        return result
+        return pinned
 
     async def write(
         self,
@@ -804,13 +802,23 @@ class FilesystemBackend:
             return None
         return _open_regular(encode_segment(segments[-1]), parent)
 
-    def _open_for_read(self, bucket: str, segments: Sequence[str]) -> tuple[int, int] | None:
+    def _open_pinned(
+        self, bucket: str, name: str, segments: Sequence[str], with_record: bool, head_bytes: int
+    ) -> PinnedFile | None:
         with ExitStack() as stack:
             opened = self._open_object(stack, bucket, segments)
         if opened is None:
             return None
         fd, info = opened
-        return fd, info.st_size
+        try:
+            # Record and head come through the fd, not the name: a rename over the object
+            # between the open and these reads cannot hand out another object's record.
+            stored = _stored(name, info, _read_record(fd)) if with_record else _unloaded(name, info)
+            head = os.pread(fd, head_bytes, 0) if head_bytes else b""
+        except BaseException:
+            os.close(fd)
+            raise
+        return PinnedFile(fd, stored, head, _storage_error)
 
     def _head(self, bucket: str, name: str, segments: Sequence[str]) -> StoredObject | None:
         with ExitStack() as stack:
@@ -1076,11 +1084,11 @@ def _clear_probes(root_fd: int) -> None:
             pass
 
 
-def _close_opened(future: asyncio.Future[tuple[int, int] | None]) -> None:
+def _close_opened(future: asyncio.Future[PinnedFile | None]) -> None:
     if not future.cancelled() and future.exception() is None:
-        result = future.result()
-        if result is not None:
-            os.close(result[0])
+        pinned = future.result()
+        if pinned is not None:
+            pinned.close()
 
 
 def _create_dir(parent_fd: int, disk: str, segment: str) -> None:
@@ -1269,7 +1277,7 @@ def _resolve_item(dir_fd: int | None, item: _Item) -> StoredObject | CommonPrefi
     info = _lstat(item.disk, dir_fd)
     if info is None or not stat.S_ISREG(info.st_mode):
         return None  # deleted since the directory was read, or a directory without .dg.self
-    return StoredObject(name=item.name, size=info.st_size, modified=_modified(info), record_loaded=False)
+    return _unloaded(item.name, info)
 
 
 def _holds_object(dir_fd: int) -> bool:
