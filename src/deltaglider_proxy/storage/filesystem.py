@@ -423,7 +423,9 @@ class _TreeLock:
 
 
 def _unloaded(name: str, info: os.stat_result) -> StoredObject:
-    return StoredObject(name=name, size=info.st_size, modified=_modified(info), record_loaded=False)
+    return StoredObject(
+        name=name, size=info.st_size, modified=_modified(info), record_loaded=False, version=_version(info)
+    )
 
 
 def _storage_error(exc: OSError) -> StorageError:
