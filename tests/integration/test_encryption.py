@@ -306,11 +306,32 @@ def test_range_reads_only_the_frames_it_needs(setup: Setup, bucket: str) -> None
     assert_internal_error(setup.s3, bucket, "f.txt")
 
 
-def test_a_get_opens_the_stored_file_once(setup: Setup, bucket: str) -> None:
+@pytest.fixture(scope="module")
+def fs_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """An encrypting proxy on its own filesystem backend, for tests about local files."""
+    root = tmp_path_factory.mktemp("enc-fs-only")
+    backend = start_backend("filesystem", root / "backend")
+    proxy_root = root / "proxy"
+    proxy_root.mkdir()
+    proxy = started_proxy(
+        backend,
+        proxy_root,
+        env={"DGP_ENCRYPTION_KEY": KEY_A, "DGP_DELTA_ENCODING": "inline"},
+        args=["-c", str(encrypted_config(proxy_root))],
+    )
+    try:
+        yield Setup("filesystem", backend, proxy, make_client(proxy.endpoint), backend.layout(proxy), root)
+    finally:
+        proxy.stop()
+        backend.stop()
+
+
+def test_a_get_opens_the_stored_file_once(fs_setup: Setup) -> None:
     """Filesystem backend: a GET costs what a HEAD costs (the engine's lookup) plus one open,
     which serves the record, the header and every frame, whole object or range."""
-    if setup.kind != "filesystem":
-        pytest.skip("counts opens of the stored file")
+    setup = fs_setup
+    bucket = f"e-{uuid.uuid4().hex[:20]}"
+    setup.s3.create_bucket(Bucket=bucket)
     body = sample(SIZE, "opens")
     setup.s3.put_object(Bucket=bucket, Key="o.txt", Body=body)
     assert isinstance(setup.layout, FilesystemLayout)
