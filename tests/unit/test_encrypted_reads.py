@@ -387,3 +387,14 @@ def test_the_wrapper_does_not_hand_out_raw_pinned_opens(setup: Setup) -> None:
     assert callable(filesystem.FilesystemBackend.open_pinned)
     with pytest.raises(AttributeError):
         setup.wrapper.open_pinned  # noqa: B018 - the attribute access itself is the test
+
+
+def test_the_wrapper_does_not_hand_out_raw_s3_reads(tmp_path: Path) -> None:
+    from deltaglider_proxy.storage.encrypted import EncryptionPolicy, wrap
+    from deltaglider_proxy.storage.s3 import S3Backend
+
+    inner = S3Backend("http://127.0.0.1:9", "us-east-1", True, "key", "secret")
+    assert callable(inner.open_read)
+    wrapper = wrap(inner, EncryptionPolicy(ef.KeyRing.build("default", key=bytes(32))), tmp_path / "crypt")
+    with pytest.raises(AttributeError):
+        wrapper.open_read  # noqa: B018 - the attribute access itself is the test

@@ -174,8 +174,9 @@ class EncryptedBackend:
 
     def __getattr__(self, name: str) -> Any:
         # Backend-specific extras (sweep_temp_files, check, root...) stay reachable; copy is
-        # not among them (see EncryptedCopyingBackend), nor the raw ciphertext of open_pinned.
-        if name in ("copy", "can_copy", "open_pinned"):
+        # not among them (see EncryptedCopyingBackend), nor the raw stored bytes of
+        # open_pinned / open_read (ciphertext, for callers that expect plaintext).
+        if name in ("copy", "can_copy", "open_pinned", "open_read"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
