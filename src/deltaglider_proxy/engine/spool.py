@@ -108,12 +108,18 @@ class Spool:
         sealed: SealedBody | None = None,
     ) -> SpoolWriter:
         """A writer for one body; with ``sealed`` the bytes go there instead of to a spool file
-        (they still count against the budget: the ciphertext is on local disk too)."""
-        release = self.reserve(expected_size or (sealed.size if sealed is not None else 0))
+        (they still count against the budget: the ciphertext is on local disk too). The writer
+        owns ``sealed`` from here: it is discarded if no writer can be made."""
         try:
-            return SpoolWriter(self.new_path(), release, dict(extra_hashers), sealed)
+            release = self.reserve(expected_size or (sealed.size if sealed is not None else 0))
+            try:
+                return SpoolWriter(self.new_path(), release, dict(extra_hashers), sealed)
+            except BaseException:
+                release()
+                raise
         except BaseException:
-            release()
+            if sealed is not None:
+                sealed.discard()
             raise
 
 

@@ -123,8 +123,6 @@ async def spool_body(
     try:
         writer = spool.writer(declared, extra, sealed)
     except SpoolFull:
-        if sealed is not None:
-            sealed.discard()
         raise errors.SlowDown("The server's spool space is exhausted; retry later.") from None
     try:
         received = 0

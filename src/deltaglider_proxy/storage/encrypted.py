@@ -270,7 +270,7 @@ class EncryptedBackend:
                 or sealed.path.parent != self.work_dir
             ):
                 raise StorageError(f"{bucket}/{name}: the sealed body was not finished by this backend")
-            marked = _marked(without_markers(record), sealed.key_id)
+            marked = _marked(record, sealed.key_id)
             stored = await self.inner.write(bucket, name, sealed.path, marked, move=True, if_absent=if_absent)
         finally:
             await asyncio.to_thread(sealed.discard)
@@ -522,9 +522,7 @@ class EncryptedCopyingBackend(EncryptedBackend):
             stored: StoredObject = await copier(bucket, source_name, target_bucket, target_name, record)
             return stored
         if marker is not None and write_key is not None and stamped == write_key[1]:
-            marked = replace(
-                record, user_metadata={**record.user_metadata, ef.MARKER_KEY: marker, ef.KEY_ID_KEY: stamped}
-            )
+            marked = _marked(record, write_key[1], marker)
             stored = await copier(bucket, source_name, target_bucket, target_name, marked)
             return _plaintext(stored)
         plain = self._temp_path(".copy")
@@ -545,9 +543,9 @@ def wrap(inner: Backend, policy: EncryptionPolicy, work_dir: Path) -> EncryptedB
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _marked(record: FileMetadata, key_id: str) -> FileMetadata:
-    """``record`` as stored for a chunked-encrypted object sealed with ``key_id``."""
-    user = {**record.user_metadata, ef.MARKER_KEY: ef.MARKER_CHUNKED, ef.KEY_ID_KEY: key_id}
+def _marked(record: FileMetadata, key_id: str, marker: str = ef.MARKER_CHUNKED) -> FileMetadata:
+    """``record`` as stored for an object in format ``marker`` sealed with ``key_id``."""
+    user = {**record.user_metadata, ef.MARKER_KEY: marker, ef.KEY_ID_KEY: key_id}
     return replace(record, user_metadata=user)
 
 

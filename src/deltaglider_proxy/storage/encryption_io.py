@@ -35,14 +35,14 @@ def encrypt_file(key: bytes, source: Path, target: Path) -> int:
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src).st_size
-        encryptor = ef.ChunkedEncryptor(key, size)
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        sealer = SealingWriter(target, key, "", size)  # the caller stamps the key id
         try:
             while chunk := os.read(src, BATCH_BYTES):
-                write_all(dst, encryptor.update(chunk))
-            write_all(dst, encryptor.finish())
-        finally:
-            os.close(dst)
+                sealer.update(chunk)
+            sealer.finish()
+        except BaseException:
+            sealer.discard()
+            raise
     finally:
         os.close(src)
     return size
